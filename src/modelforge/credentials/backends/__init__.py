@@ -1,0 +1,2 @@
+"""Storage backends. Each module imports its heavy dependency itself, so
+importing one backend never loads the others' libraries."""

@@ -1,0 +1,186 @@
+"""Choosing a backend without writing anything anywhere.
+
+Order: the system keyring, then the encrypted file, then environment
+variables. ``MODEL_FORGE_BACKEND=keyring|encrypted-file|env`` forces one.
+Nothing is stored to probe: the keyring is judged by ``keyring``'s own
+backend selection (its fail, null and empty-chain backends mean "no
+keyring"), the encrypted file by whether its directory is writable.
+There is no plain-text fallback: when nothing is usable the error says what
+to install or set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CredentialStorageUnavailableError
+from ..storage import CredentialStorage
+from .encrypted_file import EncryptedFileStorage, default_config_dir
+from .env import EnvVarStorage
+
+BACKEND_VARIABLE = "MODEL_FORGE_BACKEND"
+_ALIASES = {
+    "keyring": "keyring",
+    "encrypted-file": "encrypted-file",
+    "encrypted_file": "encrypted-file",
+    "file": "encrypted-file",
+    "env": "env",
+    "env_var": "env",
+    "environment": "env",
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    storage: CredentialStorage
+    reason: str
+
+
+def keyring_usable() -> tuple[bool, str]:
+    """Whether ``keyring`` found a real backend, and why (no item is touched)."""
+    try:
+        import keyring
+        from keyring.backends import chainer, fail, null
+    except Exception as err:  # pragma: no cover - keyring is a dependency
+        return False, f"the keyring package cannot be imported ({type(err).__name__})"
+    try:
+        kr = keyring.get_keyring()
+    except Exception as err:
+        return False, f"keyring failed to initialise ({type(err).__name__})"
+    kind = f"{type(kr).__module__}.{type(kr).__qualname__}"
+    if isinstance(kr, fail.Keyring | null.Keyring):
+        return False, f"keyring has no usable backend ({kind})"
+    if type(kr).__module__.startswith("modelforge."):
+        return False, "keyring is routed to this agent itself; the agent cannot store in itself"
+    if isinstance(kr, chainer.ChainerBackend):
+        if not kr.backends:
+            return False, "keyring's backend chain is empty (no Secret Service or Keychain)"
+        names = ", ".join(type(b).__module__.rsplit(".", 1)[-1] for b in kr.backends)
+        return True, f"keyring backend chain ({names})"
+    return True, f"keyring backend {kind}"
+
+
+def file_usable(config_dir: Path) -> tuple[bool, str]:
+    probe = config_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            return False, f"no existing parent of {config_dir}"
+        probe = probe.parent
+    if not probe.is_dir():
+        return False, f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return False, f"{probe} is not writable"
+    return True, f"encrypted file in {config_dir}"
+
+
+def select_backend(
+    *,
+    config_dir: Path | str | None = None,
+    passphrase: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Selection:
+    """Pick the backend to use, with the reason, or raise saying what to do."""
+    env = os.environ if environ is None else environ
+    directory = Path(config_dir) if config_dir is not None else default_config_dir()
+    forced = env.get(BACKEND_VARIABLE, "").strip().lower()
+    if forced:
+        choice = _ALIASES.get(forced)
+        if choice is None:
+            raise CredentialStorageUnavailableError(
+                f"{BACKEND_VARIABLE}={forced!r} is not a backend; use keyring, "
+                "encrypted-file or env"
+            )
+        return _forced(choice, directory, passphrase, env)
+
+    tried = []
+    ok, why = keyring_usable()
+    if ok:
+        from .system_keyring import KeyringStorage
+
+        return Selection(KeyringStorage(), f"auto: {why}")
+    tried.append(f"keyring: {why}")
+    ok, why = file_usable(directory)
+    if ok:
+        storage = EncryptedFileStorage(directory, passphrase=passphrase)
+        return Selection(storage, f"auto: no system keyring ({tried[0]}); {why}")
+    tried.append(f"encrypted file: {why}")
+    env_storage = EnvVarStorage(env if isinstance(env, MutableMapping) else None)
+    if env_storage.has_credentials():
+        return Selection(env_storage, "auto: only environment variables are available")
+    tried.append("env: no MODEL_FORGE_* or MODELFORGE_* variables set")
+    raise CredentialStorageUnavailableError(
+        "no credential backend is usable ("
+        + "; ".join(tried)
+        + "). Install and start a keyring (e.g. gnome-keyring), or set "
+        "MODEL_FORGE_CONFIG_DIR to a writable directory, or export "
+        "MODELFORGE_<PROVIDER>_API_KEY"
+    )
+
+
+def _forced(
+    choice: str, directory: Path, passphrase: str | None, env: Mapping[str, str]
+) -> Selection:
+    reason = f"forced by {BACKEND_VARIABLE}={choice}"
+    if choice == "keyring":
+        ok, why = keyring_usable()
+        if not ok:
+            raise CredentialStorageUnavailableError(
+                f"{BACKEND_VARIABLE}=keyring, but {why}: install and start a keyring "
+                "(e.g. gnome-keyring) or choose another backend"
+            )
+        from .system_keyring import KeyringStorage
+
+        return Selection(KeyringStorage(), reason)
+    if choice == "encrypted-file":
+        return Selection(EncryptedFileStorage(directory, passphrase=passphrase), reason)
+    return Selection(EnvVarStorage(env if isinstance(env, MutableMapping) else None), reason)
+
+
+class AutoStorage:
+    """The best available backend, chosen once at construction.
+
+    ``backend`` is the chosen storage and ``reason`` says why it was chosen.
+    """
+
+    def __init__(
+        self,
+        config_dir: Path | str | None = None,
+        *,
+        passphrase: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        selection = select_backend(config_dir=config_dir, passphrase=passphrase, environ=environ)
+        self.backend: CredentialStorage = selection.storage
+        self.reason = selection.reason
+
+    def __repr__(self) -> str:
+        return f"AutoStorage({self.backend!r})"
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.backend, "name", type(self.backend).__name__))
+
+    def store(self, provider: str, key: str, value: str) -> None:
+        self.backend.store(provider, key, value)
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        return self.backend.retrieve(provider, key)
+
+    def delete(self, provider: str, key: str) -> bool:
+        return self.backend.delete(provider, key)
+
+    def exists(self, provider: str, key: str) -> bool:
+        return self.backend.exists(provider, key)
+
+    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        return self.backend.list_keys(provider)
+
+    def describe(self) -> dict[str, Any]:
+        describe = getattr(self.backend, "describe", None)
+        info: dict[str, Any] = dict(describe()) if callable(describe) else {"backend": self.name}
+        info["reason"] = self.reason
+        return info

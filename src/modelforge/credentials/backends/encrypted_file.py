@@ -1,0 +1,324 @@
+"""Credentials in one encrypted file, protected by a passphrase or a key file.
+
+Files in ``config_dir`` (created 0700)::
+
+    credentials.enc       the store (format: :mod:`.fileformat`), 0600
+    credentials.enc.bak   the previous good generation, 0600
+    credentials.enc.lock  flock-ed around every read-modify-write
+    credentials.key       32 random bytes, 0600 (key-file protection only)
+
+Only a missing file means "no credentials". Anything unreadable raises, and
+no write happens while the file cannot be read, so a wrong passphrase or a
+damaged file never turns into an empty store that the next ``store`` saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    CredentialBadPassphraseError,
+    CredentialCorruptedError,
+    CredentialLockedError,
+    CredentialStorageUnavailableError,
+    CredentialValidationError,
+)
+from ..files import (
+    exclusive_lock,
+    make_private_dir,
+    remove_stale_temps,
+    write_atomic,
+    write_new_private,
+)
+from ..validation import validate_name, validate_pair, validate_value
+from . import fileformat
+from .fileformat import KEYFILE, PASSPHRASE, Credentials, Envelope, KdfParams
+
+CREDENTIALS_FILE = "credentials.enc"
+KEY_FILE = "credentials.key"
+
+
+def default_config_dir() -> Path:
+    """``$MODEL_FORGE_CONFIG_DIR``, else model-forge's own config directory."""
+    override = os.environ.get("MODEL_FORGE_CONFIG_DIR")
+    if override:
+        return Path(override)
+    if sys.platform == "darwin":
+        # model-forge keeps ~/.config/model-forge on macOS too.
+        return Path.home() / ".config" / "model-forge"
+    import platformdirs
+
+    return platformdirs.user_config_path("model-forge", appauthor=False)
+
+
+def _passphrase_bytes(passphrase: str) -> bytes:
+    if not isinstance(passphrase, str) or not passphrase:
+        raise CredentialValidationError("the passphrase must be a non-empty string")
+    return passphrase.encode("utf-8")
+
+
+class EncryptedFileStorage:
+    """Encrypted-file backend (AES-256-GCM, Argon2id-wrapped data key).
+
+    ``passphrase`` opens a passphrase-protected file, and protects a new one.
+    Without it, a new store is protected by a random key file beside it:
+    that only stops casual reading (whoever reads the directory has both),
+    and :meth:`describe` says so. A passphrase-protected store without a
+    passphrase raises :class:`CredentialLockedError` until :meth:`unlock`.
+    """
+
+    name = "encrypted-file"
+
+    def __init__(
+        self,
+        config_dir: Path | str | None = None,
+        *,
+        passphrase: str | None = None,
+        kdf: KdfParams | None = None,
+    ) -> None:
+        self.config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
+        self.path = self.config_dir / CREDENTIALS_FILE
+        self.backup_path = self.config_dir / (CREDENTIALS_FILE + ".bak")
+        self.lock_path = self.config_dir / (CREDENTIALS_FILE + ".lock")
+        self.key_path = self.config_dir / KEY_FILE
+        self._kdf = kdf or KdfParams()
+        self._passphrase = _passphrase_bytes(passphrase) if passphrase is not None else None
+        # KEKs derived so far, by (protection, kdf, salt): re-reading a file
+        # that another process rewrote must not cost another Argon2id run.
+        self._keks: dict[tuple[str, KdfParams, bytes], bytes] = {}
+        self._mutex = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EncryptedFileStorage({str(self.config_dir)!r})"
+
+    # -- the storage protocol -------------------------------------------------
+
+    def store(self, provider: str, key: str, value: str) -> None:
+        provider, key = validate_pair(provider, key)
+        validate_value(value)
+        with self._writing() as credentials:
+            credentials.setdefault(provider, {})[key] = value
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        provider, key = validate_pair(provider, key)
+        return self.load().get(provider, {}).get(key)
+
+    def delete(self, provider: str, key: str) -> bool:
+        provider, key = validate_pair(provider, key)
+        if key not in self.load().get(provider, {}):
+            return False
+        with self._writing() as credentials:
+            keys = credentials.get(provider, {})
+            existed = keys.pop(key, None) is not None
+            if not keys:
+                credentials.pop(provider, None)
+        return existed
+
+    def exists(self, provider: str, key: str) -> bool:
+        return self.retrieve(provider, key) is not None
+
+    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        if provider is not None:
+            validate_name("provider", provider)
+        return sorted(
+            (p, k)
+            for p, keys in self.load().items()
+            if provider is None or p == provider
+            for k in keys
+        )
+
+    # -- whole-store operations ------------------------------------------------
+
+    def load(self) -> Credentials:
+        """Every credential, decrypted: ``{provider: {key: value}}``."""
+        parsed = self._read_parsed()
+        if parsed is None:
+            return {}
+        return parsed.decrypt(self._data_key(parsed.envelope))
+
+    def store_many(self, items: dict[str, dict[str, str]]) -> None:
+        """Store several credentials in one durable write (all or nothing)."""
+        for provider, keys in items.items():
+            for key, value in keys.items():
+                validate_pair(provider, key)
+                validate_value(value)
+        with self._writing() as credentials:
+            for provider, keys in items.items():
+                credentials.setdefault(provider, {}).update(keys)
+
+    @property
+    def protection(self) -> str:
+        """``"passphrase"``, ``"keyfile"``, or what a first store would use."""
+        parsed = self._read_parsed()
+        if parsed is not None:
+            return parsed.envelope.protection
+        return PASSPHRASE if self._passphrase is not None else KEYFILE
+
+    @property
+    def locked(self) -> bool:
+        """True while the file needs a passphrase that has not been given."""
+        parsed = self._read_parsed()
+        if parsed is None or parsed.envelope.protection != PASSPHRASE:
+            return False
+        return parsed.envelope.kek_id not in self._keks and self._passphrase is None
+
+    def unlock(self, passphrase: str) -> None:
+        """Check ``passphrase`` against the file and keep it for this session.
+
+        Raises :class:`CredentialBadPassphraseError` (nothing kept, nothing
+        changed) when it does not open the file.
+        """
+        secret = _passphrase_bytes(passphrase)
+        parsed = self._read_parsed()
+        if parsed is not None and parsed.envelope.protection == PASSPHRASE:
+            kek = parsed.envelope.kdf.derive(secret, parsed.envelope.salt)
+            parsed.envelope.unwrap(kek)
+            with self._mutex:
+                self._keks[parsed.envelope.kek_id] = kek
+        self._passphrase = secret
+
+    def lock(self) -> None:
+        """Forget the passphrase and every derived key."""
+        with self._mutex:
+            self._keks.clear()
+        self._passphrase = None
+
+    def set_passphrase(self, new: str | None, current: str | None = None) -> None:
+        """Re-wrap the data key under ``new`` (``None``: switch to a key file).
+
+        ``current`` opens a passphrase-protected store that is not unlocked.
+        The body is rewritten atomically; the previous generation stays in
+        the backup file (under the old protection).
+        """
+        new_secret = _passphrase_bytes(new) if new is not None else None
+        if current is not None:
+            self.unlock(current)
+        with exclusive_lock(self.lock_path):
+            parsed = self._read_parsed()
+            if parsed is None:
+                credentials: Credentials = {}
+                data_key = os.urandom(fileformat.KEY_SIZE)
+            else:
+                data_key = self._data_key(parsed.envelope)
+                credentials = parsed.decrypt(data_key)
+            envelope = self._new_envelope(data_key, new_secret)
+            self._write(envelope, data_key, credentials)
+        self._passphrase = new_secret
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, path and protection, for status displays. No secrets."""
+        protection = self.protection
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "path": str(self.path),
+            "protection": protection,
+        }
+        if protection == KEYFILE:
+            info["warning"] = (
+                "key-file protection: the key lies beside the file, so this only "
+                "stops casual reading; set a passphrase with `modelforge-agent passwd`"
+            )
+        return info
+
+    # -- internals ---------------------------------------------------------------
+
+    def _read_parsed(self) -> fileformat.ParsedFile | None:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise CredentialStorageUnavailableError(
+                f"cannot read {self.path}: {err.strerror}; check its permissions"
+            ) from err
+        return fileformat.parse(blob)
+
+    def _data_key(self, envelope: Envelope) -> bytes:
+        with self._mutex:
+            kek = self._keks.get(envelope.kek_id)
+        if kek is None:
+            kek = self._derive_kek(envelope)
+        data_key = envelope.unwrap(kek)
+        with self._mutex:
+            self._keks[envelope.kek_id] = kek
+        return data_key
+
+    def _derive_kek(self, envelope: Envelope) -> bytes:
+        if envelope.protection == KEYFILE:
+            return self._read_keyfile()
+        if self._passphrase is None:
+            raise CredentialLockedError(
+                f"{self.path} is protected by a passphrase: unlock it with "
+                "`modelforge-agent unlock` (or pass passphrase=...)"
+            )
+        return envelope.kdf.derive(self._passphrase, envelope.salt)
+
+    def _read_keyfile(self) -> bytes:
+        try:
+            key = self.key_path.read_bytes()
+        except FileNotFoundError:
+            raise CredentialBadPassphraseError(
+                f"the key file {self.key_path} is missing; restore it from a backup "
+                "(the credentials file cannot be opened without it)"
+            ) from None
+        except OSError as err:
+            raise CredentialStorageUnavailableError(
+                f"cannot read {self.key_path}: {err.strerror}; check its permissions"
+            ) from err
+        if len(key) != fileformat.KEY_SIZE:
+            raise CredentialCorruptedError(
+                f"the key file {self.key_path} has the wrong size; restore it from a backup"
+            )
+        return key
+
+    def _new_envelope(self, data_key: bytes, passphrase: bytes | None) -> Envelope:
+        salt = os.urandom(fileformat.SALT_SIZE)
+        if passphrase is not None:
+            kek = self._kdf.derive(passphrase, salt)
+            envelope = Envelope.seal(PASSPHRASE, self._kdf, salt, kek, data_key)
+        else:
+            kek = self._ensure_keyfile()
+            envelope = Envelope.seal(KEYFILE, KdfParams(name=KEYFILE), salt, kek, data_key)
+        with self._mutex:
+            self._keks[envelope.kek_id] = kek
+        return envelope
+
+    def _ensure_keyfile(self) -> bytes:
+        try:
+            write_new_private(self.key_path, os.urandom(fileformat.KEY_SIZE))
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise CredentialStorageUnavailableError(
+                f"cannot create the key file {self.key_path}: {err.strerror}"
+            ) from err
+        return self._read_keyfile()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Credentials]:
+        """Read-modify-write under the file lock; writes only if the body succeeds."""
+        make_private_dir(self.config_dir)
+        with exclusive_lock(self.lock_path):
+            remove_stale_temps(self.path)
+            parsed = self._read_parsed()
+            if parsed is None:
+                data_key = os.urandom(fileformat.KEY_SIZE)
+                envelope = self._new_envelope(data_key, self._passphrase)
+                credentials: Credentials = {}
+            else:
+                envelope = parsed.envelope
+                data_key = self._data_key(envelope)
+                credentials = parsed.decrypt(data_key)
+            yield credentials
+            self._write(envelope, data_key, credentials)
+
+    def _write(self, envelope: Envelope, data_key: bytes, credentials: Credentials) -> None:
+        write_atomic(
+            self.path, fileformat.encode(envelope, data_key, credentials), backup=self.backup_path
+        )

@@ -1,0 +1,154 @@
+"""Crash-safe file primitives: private directories, atomic replace, locks.
+
+A crash at any instant leaves either the old or the new file, never a broken
+one: data goes to a fresh temp file in the same directory (created 0600 in
+one step, never chmod-ed afterwards), is fsync-ed, renamed over the target,
+and the directory is fsync-ed so the rename itself survives power loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import CredentialStorageUnavailableError
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _unavailable(action: str, path: Path, err: OSError) -> CredentialStorageUnavailableError:
+    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+        hint = "the disk is full: free some space and retry"
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        hint = f"check the ownership and permissions of {path.parent}"
+    elif err.errno == errno.EROFS:
+        hint = "the file system is read-only: set MODEL_FORGE_CONFIG_DIR to a writable directory"
+    else:
+        hint = "check the path and retry"
+    return CredentialStorageUnavailableError(
+        f"cannot {action} {path}: {err.strerror or err}; {hint}"
+    )
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents with mode 0700.
+
+    Each missing component is created with the mode in the mkdir call itself,
+    so there is no window in which it is group- or world-readable.
+    """
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise _unavailable("create directory", directory, err) from err
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a file that must not exist yet, with ``mode`` (0600), durably."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def write_atomic(
+    path: Path, data: bytes, *, backup: Path | None = None, mode: int = 0o600
+) -> None:
+    """Replace ``path`` with ``data`` atomically (``mode``, 0600 unless told).
+
+    When ``backup`` is given and ``path`` exists, the current generation is
+    hard-linked to ``backup`` first (also atomically), so the previous good
+    file survives the replace.
+    """
+    temp = temp_path_for(path)
+    try:
+        write_new_private(temp, data, mode)
+        if backup is not None and path.exists():
+            _link_backup(path, backup)
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise _unavailable("write", path, err) from err
+
+
+def _link_backup(path: Path, backup: Path) -> None:
+    staged = temp_path_for(backup)
+    try:
+        os.link(path, staged)
+    except OSError:
+        # File systems without hard links: copy the bytes instead.
+        write_new_private(staged, path.read_bytes())
+    os.replace(staged, backup)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files a crashed writer of ``path`` left behind.
+
+    Call only while holding the writer lock, so no live writer's temp is hit.
+    The backup's staging links (``.NAME.bak.*.tmp``) match the same pattern.
+    """
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold ``flock(LOCK_EX)`` on ``lock_path`` (created 0600) for the block.
+
+    flock locks belong to the open file description, so two threads of one
+    process that each enter this context exclude each other too. Yields
+    ``False`` instead of waiting when ``blocking`` is false and the lock is
+    taken.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(lock_path, flags, 0o600)
+    except OSError as err:
+        raise _unavailable("open lock file", lock_path, err) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -1,0 +1,66 @@
+"""The front door: one object that stores and fetches credentials."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import CredentialNotFoundError
+from .storage import CredentialStorage
+
+AGENT_VARIABLE = "MODEL_FORGE_AGENT"
+
+
+def default_storage() -> CredentialStorage:
+    """The agent, unless ``MODEL_FORGE_AGENT=off`` asks for in-process storage."""
+    if os.environ.get(AGENT_VARIABLE, "").strip().lower() in {"off", "0", "no", "false"}:
+        from .backends.auto import AutoStorage
+
+        return AutoStorage()
+    from .backends.agent import AgentStorage
+
+    return AgentStorage()
+
+
+class CredentialManager:
+    """Centralised credential access over a pluggable :class:`CredentialStorage`.
+
+    With no ``storage`` it talks to the credential agent (started on first
+    use); ``MODEL_FORGE_AGENT=off`` selects an in-process
+    :class:`~modelforge.credentials.AutoStorage` instead.
+    """
+
+    def __init__(self, storage: CredentialStorage | None = None) -> None:
+        self.storage: CredentialStorage = storage if storage is not None else default_storage()
+
+    def __repr__(self) -> str:
+        return f"CredentialManager({self.storage!r})"
+
+    def store(self, provider: str, key: str, value: str) -> None:
+        self.storage.store(provider, key, value)
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        return self.storage.retrieve(provider, key)
+
+    def get_required(self, provider: str, key: str) -> str:
+        """The value, or :class:`CredentialNotFoundError` saying how to add it."""
+        value = self.storage.retrieve(provider, key)
+        if value is None:
+            raise CredentialNotFoundError(
+                f"no credential {key!r} for provider {provider!r}; store it with "
+                f"`modelforge-agent set {provider} {key}`"
+            )
+        return value
+
+    def delete(self, provider: str, key: str) -> bool:
+        return self.storage.delete(provider, key)
+
+    def exists(self, provider: str, key: str) -> bool:
+        return self.storage.exists(provider, key)
+
+    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        return self.storage.list_keys(provider)
+
+    def describe(self) -> dict[str, Any]:
+        describe = getattr(self.storage, "describe", None)
+        return dict(describe()) if callable(describe) else {"backend": type(self.storage).__name__}

@@ -1,0 +1,231 @@
+"""Moving secrets out of a model-forge config file into a credential store.
+
+Secrets are read from ``providers.<p>.auth_data`` (what model-forge writes)
+and ``providers.<p>.credentials`` (the older design's name). Values that are
+JSON strings are stored as they are; any other JSON value (``expires_in:
+28800``, ``null``, a list) is stored as its JSON text, and its key is listed
+in the credential ``(provider, "_auth_data_json_keys")`` (a JSON list of key
+names, no values) so :meth:`CredentialMigrator.restore_auth_data` gives the
+original types back.
+
+Order of work, so that one authoritative copy exists at every instant:
+
+1. the original file is copied to ``<config>.pre-migration.bak`` (0600);
+2. every secret is stored, then read back and compared;
+3. only then the config is rewritten atomically without ``auth_data`` and
+   ``credentials``; everything else stays equal as JSON.
+
+A crash before step 3 leaves the config as it was (re-running is safe and
+stores the same values again); after it, the store holds the secrets. The
+backup stays until :meth:`~CredentialMigrator.confirm`; until then
+:meth:`~CredentialMigrator.rollback` restores the original file and removes
+the migrated copies from the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import CredentialStorageError, CredentialValidationError
+from .files import write_atomic
+from .storage import CredentialStorage
+
+SECRET_SECTIONS = ("auth_data", "credentials")
+JSON_KEYS_KEY = "_auth_data_json_keys"
+BACKUP_SUFFIX = ".pre-migration.bak"
+
+
+class MigrationError(CredentialStorageError):
+    """A migration step failed; the config file was left as it was.
+
+    The message says which step and what to do (usually: fix the cause and
+    re-run, which is safe).
+    """
+
+
+class CredentialMigrator:
+    """Migrate one model-forge config file's secrets into ``new_storage``."""
+
+    def __init__(
+        self,
+        old_config_path: Path | str,
+        new_storage: CredentialStorage,
+        *,
+        backup_path: Path | str | None = None,
+    ) -> None:
+        self.old_config_path = Path(old_config_path)
+        self.new_storage = new_storage
+        self.backup_path = (
+            Path(backup_path)
+            if backup_path is not None
+            else self.old_config_path.with_name(self.old_config_path.name + BACKUP_SUFFIX)
+        )
+
+    def __repr__(self) -> str:
+        return f"CredentialMigrator({str(self.old_config_path)!r})"
+
+    def can_migrate(self) -> bool:
+        """True when the config file exists and still holds secrets."""
+        if not self.old_config_path.exists() or self.old_config_path.stat().st_size == 0:
+            return False
+        return bool(_secrets(self._load(self.old_config_path.read_bytes())))
+
+    def plan(self) -> dict[str, list[str]]:
+        """Provider -> names of the keys a migration would move. No values."""
+        if not self.old_config_path.exists():
+            return {}
+        found = _secrets(self._load(self.old_config_path.read_bytes()))
+        return {provider: sorted(keys) for provider, keys in found.items()}
+
+    def migrate_credentials(self, dry_run: bool = False) -> dict[str, int]:
+        """Migrate; returns provider -> number of credentials moved.
+
+        With ``dry_run`` nothing is written anywhere and the counts say what
+        would move. A config without secrets (e.g. already migrated) gives
+        ``{}``.
+        """
+        if not self.old_config_path.exists():
+            return {}
+        raw = self.old_config_path.read_bytes()
+        config = self._load(raw)
+        found = _secrets(config)
+        counts = {provider: len(keys) for provider, keys in found.items()}
+        if dry_run or not found:
+            return counts
+
+        mode = self.old_config_path.stat().st_mode & 0o777
+        write_atomic(self.backup_path, raw, mode=0o600)
+        for provider, keys in found.items():
+            encoded = _encode_all(keys)
+            for key, value in encoded.items():
+                self.new_storage.store(provider, key, value)
+            for key, value in encoded.items():
+                if self.new_storage.retrieve(provider, key) != value:
+                    raise MigrationError(
+                        f"credential {provider}/{key} did not read back as stored; the "
+                        f"config {self.old_config_path} was not changed. Check the backend "
+                        "(`modelforge-agent status`) and re-run the migration"
+                    )
+        write_atomic(self.old_config_path, _dump(_without_secrets(config), raw), mode=mode)
+        return counts
+
+    def rollback(self) -> dict[str, int]:
+        """Put the original config back and remove the migrated copies.
+
+        A stored value is removed only if it still equals the migrated one,
+        so a secret changed since the migration is kept. Returns provider ->
+        number of credentials put back into the config.
+        """
+        if not self.backup_path.exists():
+            raise MigrationError(
+                f"no migration backup at {self.backup_path}: nothing to roll back "
+                "(it is removed once a migration is confirmed)"
+            )
+        raw = self.backup_path.read_bytes()
+        found = _secrets(self._load(raw))
+        mode = (
+            self.old_config_path.stat().st_mode & 0o777
+            if self.old_config_path.exists()
+            else 0o600
+        )
+        write_atomic(self.old_config_path, raw, mode=mode)
+        for provider, keys in found.items():
+            encoded = _encode_all(keys)
+            for key, value in encoded.items():
+                if self.new_storage.retrieve(provider, key) == value:
+                    self.new_storage.delete(provider, key)
+        self.backup_path.unlink()
+        return {provider: len(keys) for provider, keys in found.items()}
+
+    def confirm(self) -> bool:
+        """Delete the backup (which holds the secrets in plain text)."""
+        try:
+            self.backup_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def restore_auth_data(self, provider: str) -> dict[str, Any]:
+        """A provider's migrated ``auth_data`` with its original JSON types."""
+        raw_json_keys = self.new_storage.retrieve(provider, JSON_KEYS_KEY)
+        json_keys = set(json.loads(raw_json_keys)) if raw_json_keys else set()
+        result: dict[str, Any] = {}
+        for _, key in self.new_storage.list_keys(provider):
+            if key == JSON_KEYS_KEY:
+                continue
+            value = self.new_storage.retrieve(provider, key)
+            if value is not None:
+                result[key] = json.loads(value) if key in json_keys else value
+        return result
+
+    def _load(self, raw: bytes) -> dict[str, Any]:
+        try:
+            config = json.loads(raw)
+        except ValueError as err:
+            raise CredentialValidationError(
+                f"{self.old_config_path} is not valid JSON (line {getattr(err, 'lineno', '?')}); "
+                "fix it by hand before migrating"
+            ) from None
+        if not isinstance(config, dict):
+            raise CredentialValidationError(
+                f"{self.old_config_path} is not a model-forge config (not a JSON object)"
+            )
+        return config
+
+
+def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    providers = config.get("providers")
+    if not isinstance(providers, dict):
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for provider, data in providers.items():
+        if not isinstance(data, dict):
+            continue
+        merged: dict[str, Any] = {}
+        # auth_data last: it is what model-forge itself reads and writes.
+        for section in reversed(SECRET_SECTIONS):
+            values = data.get(section)
+            if isinstance(values, dict):
+                merged.update(values)
+        if merged:
+            found[provider] = merged
+    return found
+
+
+def _encode_all(keys: dict[str, Any]) -> dict[str, str]:
+    encoded: dict[str, str] = {}
+    json_keys = []
+    for key, value in keys.items():
+        if isinstance(value, str):
+            encoded[key] = value
+        else:
+            encoded[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            json_keys.append(key)
+    if json_keys:
+        encoded[JSON_KEYS_KEY] = json.dumps(sorted(json_keys))
+    return encoded
+
+
+def _without_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    result = dict(config)
+    providers = config.get("providers")
+    if isinstance(providers, dict):
+        result["providers"] = {
+            name: (
+                {k: v for k, v in data.items() if k not in SECRET_SECTIONS}
+                if isinstance(data, dict)
+                else data
+            )
+            for name, data in providers.items()
+        }
+    return result
+
+
+def _dump(config: dict[str, Any], original: bytes) -> bytes:
+    # Keep the file's look: model-forge writes indent=4; keep whatever the
+    # original used where it is recognisable.
+    indent = 4 if b'\n    "' in original else 2 if b'\n  "' in original else None
+    text = json.dumps(config, indent=indent, ensure_ascii=False)
+    return (text + ("\n" if original.endswith(b"\n") else "")).encode("utf-8")

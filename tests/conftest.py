@@ -1,0 +1,91 @@
+"""Test isolation: no test sees the real home, keyring, config or agent."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import pytest
+from keyring.backends import fail
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from modelforge.credentials import KdfParams  # noqa: E402
+from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession  # noqa: E402
+
+#: Argon2id at its minimum: tests exercise the format, not the KDF's cost.
+FAST_KDF = KdfParams(memory_kib=64, iterations=1, lanes=1)
+
+_ISOLATED_VARS = (
+    "MODEL_FORGE_BACKEND",
+    "MODEL_FORGE_AGENT",
+    "MODEL_FORGE_AGENT_SOCK",
+    "MODEL_FORGE_CONFIG_DIR",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "PYTHON_KEYRING_BACKEND",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("home")
+    runtime = tmp_path_factory.mktemp("run")
+    runtime.chmod(0o700)
+    for name in _ISOLATED_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith(("MODEL_FORGE_", "MODELFORGE_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    # Child processes (CLI, agent) must not find the machine's keyring either.
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield home
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def fast_kdf() -> KdfParams:
+    return FAST_KDF
+
+
+@pytest.fixture(scope="session")
+def secret_service_session() -> Iterator[dict[str, str]]:
+    """A private, unlocked gnome-keyring; skips (or fails in CI) when absent."""
+    session = SecretServiceSession()
+    try:
+        env = session.start()
+    except (PeerUnavailable, TimeoutError) as err:
+        session.stop()
+        if os.environ.get(REQUIRE_VARIABLE) == "1":
+            pytest.fail(f"a Secret Service is required here ({REQUIRE_VARIABLE}=1): {err}")
+        pytest.skip(f"no Secret Service: {err}")
+    yield env
+    session.stop()
+
+
+@pytest.fixture
+def secret_service(
+    secret_service_session: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Point this test (and its children) at the private Secret Service."""
+    monkeypatch.setenv(
+        "DBUS_SESSION_BUS_ADDRESS", secret_service_session["DBUS_SESSION_BUS_ADDRESS"]
+    )
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    from keyring.backends import SecretService
+
+    keyring.set_keyring(SecretService.Keyring())
+    return secret_service_session
