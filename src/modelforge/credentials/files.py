@@ -65,18 +65,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file that must not exist yet, with ``mode`` (0600), durably."""
+def write_new_private(path: Path, data: bytes, mode: int = 0o600) -> tuple[int, int, int]:
+    """Write a file that must not exist yet, with ``mode`` (0600), durably.
+
+    Returns the new file's (inode, mtime in ns, size), which a rename keeps.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, mode)
     try:
+        if mode != 0o600:
+            # The umask trimmed the requested mode; nobody can see this new
+            # file yet, so setting it now opens no window.
+            os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
+        info = os.fstat(fd)
     finally:
         os.close(fd)
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def temp_path_for(path: Path) -> Path:
@@ -85,20 +94,21 @@ def temp_path_for(path: Path) -> Path:
 
 def write_atomic(
     path: Path, data: bytes, *, backup: Path | None = None, mode: int = 0o600
-) -> None:
+) -> tuple[int, int, int]:
     """Replace ``path`` with ``data`` atomically (``mode``, 0600 unless told).
 
     When ``backup`` is given and ``path`` exists, the current generation is
     hard-linked to ``backup`` first (also atomically), so the previous good
-    file survives the replace.
+    file survives the replace. Returns the new file's (inode, mtime, size).
     """
     temp = temp_path_for(path)
     try:
-        write_new_private(temp, data, mode)
+        stamp = write_new_private(temp, data, mode)
         if backup is not None and path.exists():
             _link_backup(path, backup)
         os.replace(temp, path)
         fsync_dir(path.parent)
+        return stamp
     except OSError as err:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -106,6 +116,12 @@ def write_atomic(
 
 
 def _link_backup(path: Path, backup: Path) -> None:
+    # A writer killed between linking the backup and replacing the file
+    # leaves both names on one inode; rename(2) between two links of the
+    # same file is a no-op that would strand the staged link.
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(path, backup):
+            return
     staged = temp_path_for(backup)
     try:
         os.link(path, staged)
@@ -119,10 +135,11 @@ def remove_stale_temps(path: Path) -> list[Path]:
     """Delete temp files a crashed writer of ``path`` left behind.
 
     Call only while holding the writer lock, so no live writer's temp is hit.
-    The backup's staging links (``.NAME.bak.*.tmp``) match the same pattern.
+    The pattern (``.STEM.*.tmp``) also covers the backup's staging links and
+    the key file's temp beside ``STEM.enc``.
     """
     removed = []
-    for candidate in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
+    for candidate in path.parent.glob(f".{path.stem}.*{TEMP_SUFFIX}"):
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()
             removed.append(candidate)

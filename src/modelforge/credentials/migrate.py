@@ -25,6 +25,8 @@ the migrated copies from the store.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,9 @@ class CredentialMigrator:
         backup_path: Path | str | None = None,
     ) -> None:
         self.old_config_path = Path(old_config_path)
+        # Writes go to the symlink's target: replacing the link itself would
+        # leave the secrets behind in the file it points to.
+        self._target = Path(os.path.realpath(self.old_config_path))
         self.new_storage = new_storage
         self.backup_path = (
             Path(backup_path)
@@ -95,7 +100,7 @@ class CredentialMigrator:
         if dry_run or not found:
             return counts
 
-        mode = self.old_config_path.stat().st_mode & 0o777
+        mode = self._target.stat().st_mode & 0o777
         write_atomic(self.backup_path, raw, mode=0o600)
         for provider, keys in found.items():
             encoded = _encode_all(keys)
@@ -108,7 +113,7 @@ class CredentialMigrator:
                         f"config {self.old_config_path} was not changed. Check the backend "
                         "(`modelforge-agent status`) and re-run the migration"
                     )
-        write_atomic(self.old_config_path, _dump(_without_secrets(config), raw), mode=mode)
+        write_atomic(self._target, _dump(_without_secrets(config), raw), mode=mode)
         return counts
 
     def rollback(self) -> dict[str, int]:
@@ -125,12 +130,8 @@ class CredentialMigrator:
             )
         raw = self.backup_path.read_bytes()
         found = _secrets(self._load(raw))
-        mode = (
-            self.old_config_path.stat().st_mode & 0o777
-            if self.old_config_path.exists()
-            else 0o600
-        )
-        write_atomic(self.old_config_path, raw, mode=mode)
+        mode = self._target.stat().st_mode & 0o777 if self._target.exists() else 0o600
+        write_atomic(self._target, raw, mode=mode)
         for provider, keys in found.items():
             encoded = _encode_all(keys)
             for key, value in encoded.items():
@@ -184,11 +185,18 @@ def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(data, dict):
             continue
         merged: dict[str, Any] = {}
-        # auth_data last: it is what model-forge itself reads and writes.
-        for section in reversed(SECRET_SECTIONS):
+        for section in SECRET_SECTIONS:
             values = data.get(section)
-            if isinstance(values, dict):
-                merged.update(values)
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if key in merged and merged[key] != value:
+                    raise MigrationError(
+                        f"provider {provider!r} has two different values for {key!r} (in "
+                        "auth_data and in credentials); keep the right one, delete the "
+                        "other from the config, and re-run the migration"
+                    )
+                merged[key] = value
         if merged:
             found[provider] = merged
     return found
@@ -226,6 +234,7 @@ def _without_secrets(config: dict[str, Any]) -> dict[str, Any]:
 def _dump(config: dict[str, Any], original: bytes) -> bytes:
     # Keep the file's look: model-forge writes indent=4; keep whatever the
     # original used where it is recognisable.
-    indent = 4 if b'\n    "' in original else 2 if b'\n  "' in original else None
+    match = re.search(rb"\n( +)\S", original)
+    indent = len(match.group(1)) if match else None
     text = json.dumps(config, indent=indent, ensure_ascii=False)
     return (text + ("\n" if original.endswith(b"\n") else "")).encode("utf-8")

@@ -12,7 +12,7 @@ to install or set.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ def select_backend(
         storage = EncryptedFileStorage(directory, passphrase=passphrase)
         return Selection(storage, f"auto: no system keyring ({tried[0]}); {why}")
     tried.append(f"encrypted file: {why}")
-    env_storage = EnvVarStorage(env if isinstance(env, MutableMapping) else None)
+    env_storage = EnvVarStorage(env)
     if env_storage.has_credentials():
         return Selection(env_storage, "auto: only environment variables are available")
     tried.append("env: no MODEL_FORGE_* or MODELFORGE_* variables set")
@@ -137,7 +137,7 @@ def _forced(
         return Selection(KeyringStorage(), reason)
     if choice == "encrypted-file":
         return Selection(EncryptedFileStorage(directory, passphrase=passphrase), reason)
-    return Selection(EnvVarStorage(env if isinstance(env, MutableMapping) else None), reason)
+    return Selection(EnvVarStorage(env), reason)
 
 
 class AutoStorage:

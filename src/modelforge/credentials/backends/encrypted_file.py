@@ -31,6 +31,8 @@ from ..errors import (
 )
 from ..files import (
     exclusive_lock,
+    fsync_dir,
+    temp_path_for,
     make_private_dir,
     remove_stale_temps,
     write_atomic,
@@ -93,6 +95,7 @@ class EncryptedFileStorage:
         # that another process rewrote must not cost another Argon2id run.
         self._keks: dict[tuple[str, KdfParams, bytes], bytes] = {}
         self._mutex = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
         return f"EncryptedFileStorage({str(self.config_dir)!r})"
@@ -199,6 +202,7 @@ class EncryptedFileStorage:
         new_secret = _passphrase_bytes(new) if new is not None else None
         if current is not None:
             self.unlock(current)
+        make_private_dir(self.config_dir)
         with exclusive_lock(self.lock_path):
             parsed = self._read_parsed()
             if parsed is None:
@@ -228,15 +232,30 @@ class EncryptedFileStorage:
 
     # -- internals ---------------------------------------------------------------
 
+    def changed_since_last_access(self) -> bool:
+        """Whether the file was replaced since this object last read or wrote it.
+
+        One ``stat``: cheap enough for a cache to ask on every hit.
+        """
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return self._stamp is not None
+        return _stamp(info) != self._stamp
+
     def _read_parsed(self) -> fileformat.ParsedFile | None:
         try:
-            blob = self.path.read_bytes()
+            with open(self.path, "rb") as handle:
+                blob = handle.read()
+                stamp = _stamp(os.fstat(handle.fileno()))
         except FileNotFoundError:
+            self._stamp = None
             return None
         except OSError as err:
             raise CredentialStorageUnavailableError(
                 f"cannot read {self.path}: {err.strerror}; check its permissions"
             ) from err
+        self._stamp = stamp
         return fileformat.parse(blob)
 
     def _data_key(self, envelope: Envelope) -> bytes:
@@ -290,14 +309,35 @@ class EncryptedFileStorage:
         return envelope
 
     def _ensure_keyfile(self) -> bytes:
+        """The key file's key, creating the file if needed (called under the lock).
+
+        The key is written to a temp file and hard-linked into place, which
+        fails if the name exists: a crash leaves no key file or a complete
+        one, never a short one that would lock the store out for good.
+        """
+        if self.key_path.exists() and not self.path.exists():
+            try:
+                return self._read_keyfile()
+            except CredentialCorruptedError:
+                # Nothing is encrypted with a damaged key yet: replace it.
+                self.key_path.unlink()
+        temp = temp_path_for(self.key_path)
         try:
-            write_new_private(self.key_path, os.urandom(fileformat.KEY_SIZE))
-        except FileExistsError:
-            pass
+            write_new_private(temp, os.urandom(fileformat.KEY_SIZE))
+            try:
+                os.link(temp, self.key_path)
+            except FileExistsError:
+                pass
+            else:
+                fsync_dir(self.config_dir)
         except OSError as err:
             raise CredentialStorageUnavailableError(
-                f"cannot create the key file {self.key_path}: {err.strerror}"
+                f"cannot create the key file {self.key_path}: {err.strerror}; "
+                "check free space and the directory's permissions"
             ) from err
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
         return self._read_keyfile()
 
     @contextlib.contextmanager
@@ -319,6 +359,10 @@ class EncryptedFileStorage:
             self._write(envelope, data_key, credentials)
 
     def _write(self, envelope: Envelope, data_key: bytes, credentials: Credentials) -> None:
-        write_atomic(
+        self._stamp = write_atomic(
             self.path, fileformat.encode(envelope, data_key, credentials), backup=self.backup_path
         )
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_ino, info.st_mtime_ns, info.st_size)

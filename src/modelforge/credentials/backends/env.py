@@ -12,10 +12,10 @@ Inside the agent this backend is read-only for that reason.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ..errors import CredentialValidationError
+from ..errors import CredentialReadOnlyError, CredentialValidationError
 from ..validation import validate_name, validate_pair, validate_value
 
 PREFIXES = ("MODEL_FORGE_", "MODELFORGE_")
@@ -41,12 +41,21 @@ def variable_names(provider: str, key: str) -> tuple[str, ...]:
 
 
 class EnvVarStorage:
-    """Environment-variable backend. ``environ`` defaults to ``os.environ``."""
+    """Environment-variable backend. ``environ`` defaults to ``os.environ``;
+    a read-only mapping makes the backend read-only."""
 
     name = "env"
 
-    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
-        self._environ = environ if environ is not None else os.environ
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ: Mapping[str, str] = environ if environ is not None else os.environ
+
+    def _writable(self) -> MutableMapping[str, str]:
+        if not isinstance(self._environ, MutableMapping):
+            raise CredentialReadOnlyError(
+                "this environment mapping is read-only; use a keyring or encrypted-file "
+                "backend to store credentials"
+            )
+        return self._environ
 
     def __repr__(self) -> str:
         return "EnvVarStorage()"
@@ -56,9 +65,10 @@ class EnvVarStorage:
         validate_value(value)
         if "\0" in value:
             raise CredentialValidationError("an environment variable cannot hold a NUL character")
+        environ = self._writable()
         primary, legacy = variable_names(provider, key)
-        self._environ[primary] = value
-        self._environ.pop(legacy, None)
+        environ[primary] = value
+        environ.pop(legacy, None)
 
     def retrieve(self, provider: str, key: str) -> str | None:
         provider, key = validate_pair(provider, key)
@@ -70,9 +80,10 @@ class EnvVarStorage:
 
     def delete(self, provider: str, key: str) -> bool:
         provider, key = validate_pair(provider, key)
+        environ = self._writable()
         found = False
         for name in variable_names(provider, key):
-            found = self._environ.pop(name, None) is not None or found
+            found = environ.pop(name, None) is not None or found
         return found
 
     def exists(self, provider: str, key: str) -> bool:

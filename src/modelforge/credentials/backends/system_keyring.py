@@ -84,9 +84,7 @@ class KeyringStorage:
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
         if provider is not None:
             validate_name("provider", provider)
-        return sorted(
-            (p, k) for p, k in self._read_index() if provider is None or p == provider
-        )
+        return sorted((p, k) for p, k in self._read_index() if provider is None or p == provider)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "keyring": self.keyring_name(), "protection": "keyring"}

@@ -1,0 +1,75 @@
+"""``CredentialStorage`` through the credential agent (client side)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..client.sync import AgentClient, AgentNotRunningError
+from ..paths import socket_path
+
+
+class AgentStorage:
+    """Stores and fetches through the agent on ``path`` (default socket).
+
+    With ``autostart`` (the default) a missing agent is started on first use,
+    detached, and its protocol version is checked before any request. One
+    connection per thread, reused across calls.
+    """
+
+    name = "agent"
+
+    def __init__(
+        self, path: Path | str | None = None, *, autostart: bool = True, timeout: float = 10.0
+    ) -> None:
+        self.path = Path(path) if path is not None else socket_path()
+        self.autostart = autostart
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"AgentStorage({str(self.path)!r})"
+
+    def _client(self) -> AgentClient:
+        client: AgentClient | None = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        client = AgentClient(self.path, timeout=self.timeout)
+        try:
+            client.hello()
+        except AgentNotRunningError:
+            if not self.autostart:
+                raise
+            from ..client.autostart import spawn_agent
+
+            spawn_agent(self.path)
+            client = AgentClient(self.path, timeout=self.timeout)
+            client.hello()
+        self._local.client = client
+        return client
+
+    def store(self, provider: str, key: str, value: str) -> None:
+        self._client().store(provider, key, value)
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        return self._client().retrieve(provider, key)
+
+    def delete(self, provider: str, key: str) -> bool:
+        return self._client().delete(provider, key)
+
+    def exists(self, provider: str, key: str) -> bool:
+        return self._client().exists(provider, key)
+
+    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        return self._client().list_keys(provider)
+
+    def describe(self) -> dict[str, Any]:
+        status = self._client().status()
+        return {"backend": self.name, "agent_backend": status.get("backend"), **status}
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
