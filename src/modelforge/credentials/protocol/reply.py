@@ -1,0 +1,185 @@
+"""Replies: building them (the agent) and validating them (clients)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .errors import ERROR_CODES, RemoteError, ReplyError
+from .ops import Op
+
+_UINT64_LIMIT = 1 << 64
+_MISSING = object()
+_RESERVED_REPLY_KEYS = frozenset({"id", "ok", "error"})
+
+
+def _type_name(value: object) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+def ok_reply(request_id: int, **fields: object) -> dict[str, object]:
+    """Build a success reply map: ``{"id": request_id, "ok": True, **fields}``.
+
+    ``fields`` must not include ``id``, ``ok`` or ``error`` (ValueError).
+    """
+    if not _RESERVED_REPLY_KEYS.isdisjoint(fields):
+        raise ValueError("result fields must not include 'id', 'ok' or 'error'")
+    return {"id": request_id, "ok": True, **fields}
+
+
+def error_reply(request_id: int | None, code: str, message: str) -> dict[str, object]:
+    """Build a failure reply map.  ``code`` must be one of ``ERROR_CODES``
+    (ValueError otherwise); ``message`` must not contain secrets."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Reply:
+    """A structurally valid reply.
+
+    For a success reply ``fields`` holds every key except ``id`` and ``ok``;
+    for a failure reply it is empty and ``error_code``/``error_message`` are
+    set.
+    """
+
+    id: int | None
+    ok: bool
+    fields: dict[str, object] = field(default_factory=dict)
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def __repr__(self) -> str:
+        if self.ok:
+            # Names only: a retrieve reply carries the secret in ``value``.
+            return f"Reply(id={self.id!r}, ok=True, fields={sorted(self.fields)!r})"
+        return (
+            f"Reply(id={self.id!r}, ok=False, error_code={self.error_code!r}, "
+            f"error_message={self.error_message!r})"
+        )
+
+
+def parse_reply(message: Mapping[str, object]) -> Reply:
+    """Check the envelope of a decoded reply map.
+
+    Raises :class:`ReplyError` when ``ok`` is not a bool, ``id`` is absent or
+    neither nil nor an unsigned int, or a failure reply lacks a proper
+    ``error`` map.  Result fields are checked by :func:`expect_fields`.
+    """
+    ok = message.get("ok", _MISSING)
+    if type(ok) is not bool:
+        raise ReplyError(f"reply 'ok' must be a bool, got {_type_name(ok)}")
+    request_id = message.get("id", _MISSING)
+    if request_id is not None and not (type(request_id) is int and 0 <= request_id < _UINT64_LIMIT):
+        raise ReplyError(
+            "reply has no 'id' field"
+            if request_id is _MISSING
+            else f"reply 'id' must be nil or an unsigned int, got {_type_name(request_id)}"
+        )
+    if ok:
+        fields = dict(message)
+        del fields["ok"], fields["id"]
+        return Reply(request_id, True, fields)
+    error = message.get("error")
+    if not isinstance(error, Mapping):
+        raise ReplyError(f"failure reply 'error' must be a map, got {_type_name(error)}")
+    code = error.get("code")
+    text = error.get("message")
+    if not isinstance(code, str) or not isinstance(text, str):
+        raise ReplyError("failure reply 'error' needs 'code' and 'message' strings")
+    return Reply(request_id, False, {}, code, text)
+
+
+class _Kind:
+    __slots__ = ("description", "check")
+
+    def __init__(self, description: str, check: Callable[[object], bool]) -> None:
+        self.description = description
+        self.check = check
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: object) -> bool:
+    return type(value) is bool
+
+
+def _is_uint(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_seconds(value: object) -> bool:
+    return (type(value) is int or type(value) is float) and math.isfinite(value) and value >= 0
+
+
+def _is_pair_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(
+        isinstance(pair, list | tuple)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and isinstance(pair[1], str)
+        for pair in value
+    )
+
+
+def _or_nil(kind: _Kind) -> _Kind:
+    return _Kind(f"{kind.description} or nil", lambda value: value is None or kind.check(value))
+
+
+_STR = _Kind("a str", _is_str)
+_BOOL = _Kind("a bool", _is_bool)
+_UINT = _Kind("an unsigned int", _is_uint)
+_SECONDS = _Kind("a non-negative number of seconds", _is_seconds)
+_PAIRS = _Kind("a list of [provider, key] string pairs", _is_pair_list)
+
+# The one table of per-operation result fields.  Replies may carry more
+# fields than listed (a newer agent adds them); those are passed through.
+_RESULT_FIELDS: Mapping[Op, tuple[tuple[str, _Kind], ...]] = {
+    Op.HELLO: (("protocol", _UINT), ("agent", _STR), ("backend", _STR), ("locked", _BOOL)),
+    Op.STORE: (),
+    Op.RETRIEVE: (("value", _or_nil(_STR)),),
+    Op.DELETE: (("deleted", _BOOL),),
+    Op.EXISTS: (("exists", _BOOL),),
+    Op.LIST: (("items", _PAIRS),),
+    Op.STATUS: (
+        ("locked", _BOOL),
+        ("backend", _STR),
+        ("protection", _STR),
+        ("cached", _UINT),
+        ("idle_timeout", _or_nil(_SECONDS)),
+        ("pid", _UINT),
+        ("uptime", _SECONDS),
+    ),
+    Op.LOCK: (),
+    Op.UNLOCK: (),
+}
+
+
+def expect_fields(reply: Reply, op: Op) -> dict[str, object]:
+    """Return the result fields of a success reply to ``op`` after checking
+    their types against the operation's result table.
+
+    Raises :class:`RemoteError` (carrying the agent's code and message) for a
+    failure reply and :class:`ReplyError` for a missing or mistyped field.
+    """
+    if not reply.ok:
+        raise RemoteError(
+            reply.error_message or "agent reported an error",
+            code=reply.error_code or "internal",
+            request_id=reply.id,
+        )
+    fields = reply.fields
+    for name, kind in _RESULT_FIELDS[op]:
+        value = fields.get(name, _MISSING)
+        if value is _MISSING:
+            raise ReplyError(f"'{op.value}' reply lacks '{name}' ({kind.description})")
+        if not kind.check(value):
+            raise ReplyError(
+                f"'{name}' in a '{op.value}' reply must be {kind.description}, "
+                f"got {_type_name(value)}"
+            )
+    return fields

@@ -1,0 +1,178 @@
+"""Requests: building them (clients) and validating them (the agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, RequestError
+from .framing import encode_str_keyed_dict
+from .ops import PROTOCOL_VERSION, Op
+
+_UINT64_LIMIT = 1 << 64
+_MISSING = object()
+_OPS_BY_NAME: dict[str, Op] = {op.value: op for op in Op}
+_RESERVED_REQUEST_KEYS = frozenset({"v", "id", "op"})
+
+# The one table of per-operation request fields: (name, optional).  Every
+# field listed is a str; an optional one may also be absent or nil.
+_REQUEST_FIELDS: dict[Op, tuple[tuple[str, bool], ...]] = {
+    Op.HELLO: (),
+    Op.STORE: (("provider", False), ("key", False), ("value", False)),
+    Op.RETRIEVE: (("provider", False), ("key", False)),
+    Op.DELETE: (("provider", False), ("key", False)),
+    Op.EXISTS: (("provider", False), ("key", False)),
+    Op.LIST: (("provider", True),),
+    Op.STATUS: (),
+    Op.LOCK: (),
+    Op.UNLOCK: (("passphrase", False),),
+}
+
+
+def _type_name(value: object) -> str:
+    return "nil" if value is None else type(value).__name__
+
+
+def _is_uint64(value: object) -> TypeGuard[int]:
+    # ``type(...) is int`` on purpose: bool is an int subclass and must not
+    # pass as an id.
+    return type(value) is int and 0 <= value < _UINT64_LIMIT
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Request:
+    """A validated request.  Fields an operation does not take are None."""
+
+    id: int
+    op: Op
+    provider: str | None = None
+    key: str | None = None
+    value: str | None = None
+    passphrase: str | None = None
+
+    def __repr__(self) -> str:
+        parts = [f"id={self.id}", f"op={self.op.value!r}"]
+        if self.provider is not None:
+            parts.append(f"provider={self.provider!r}")
+        if self.key is not None:
+            parts.append(f"key={self.key!r}")
+        if self.value is not None:
+            parts.append("value=<redacted>")
+        if self.passphrase is not None:
+            parts.append("passphrase=<redacted>")
+        return f"Request({', '.join(parts)})"
+
+    def to_message(self) -> dict[str, object]:
+        """The request map that :func:`parse_request` turns back into ``self``."""
+        fields: dict[str, object] = {}
+        for name, optional in _REQUEST_FIELDS[self.op]:
+            field_value = getattr(self, name)
+            if field_value is not None or optional:
+                fields[name] = field_value
+        return request_message(self.id, self.op, **fields)
+
+
+def parse_request(message: Mapping[str, object]) -> Request:
+    """Validate a decoded request map.
+
+    Checks, in order: ``v`` (so a newer client learns about the version even
+    if its ids look different), ``id``, ``op``, then the operation's fields.
+    Unknown extra fields are ignored.  Raises :class:`RequestError` with the
+    reply code and the request id (None when ``id`` is unusable).
+    """
+    raw_id = message.get("id", _MISSING)
+    request_id = raw_id if _is_uint64(raw_id) else None
+
+    version = message.get("v", _MISSING)
+    if version is _MISSING:
+        raise RequestError(
+            "request has no 'v' (protocol version) field", code=BAD_REQUEST, request_id=request_id
+        )
+    if type(version) is not int:
+        raise RequestError(
+            f"'v' must be an int, got {_type_name(version)}",
+            code=BAD_REQUEST,
+            request_id=request_id,
+        )
+    if version != PROTOCOL_VERSION:
+        raise RequestError(
+            f"protocol version {version} is not supported; this agent speaks "
+            f"version {PROTOCOL_VERSION}",
+            code=UNSUPPORTED_VERSION,
+            request_id=request_id,
+        )
+
+    if request_id is None:
+        problem = (
+            "request has no 'id' field"
+            if raw_id is _MISSING
+            else f"'id' must be an unsigned int below 2**64, got {_type_name(raw_id)}"
+        )
+        raise RequestError(problem, code=BAD_REQUEST, request_id=None)
+
+    op_name = message.get("op", _MISSING)
+    if op_name is _MISSING:
+        raise RequestError("request has no 'op' field", code=BAD_REQUEST, request_id=request_id)
+    if not isinstance(op_name, str):
+        raise RequestError(
+            f"'op' must be a str, got {_type_name(op_name)}",
+            code=BAD_REQUEST,
+            request_id=request_id,
+        )
+    op = _OPS_BY_NAME.get(op_name)
+    if op is None:
+        # The unknown name is not echoed: it is peer-controlled text.
+        raise RequestError(
+            f"unknown operation; known operations: {', '.join(_OPS_BY_NAME)}",
+            code=UNKNOWN_OP,
+            request_id=request_id,
+        )
+
+    values: dict[str, str | None] = {}
+    for name, optional in _REQUEST_FIELDS[op]:
+        field_value = message.get(name)
+        if field_value is None:
+            if optional:
+                continue
+            raise RequestError(
+                f"'{op.value}' needs a '{name}' field (str)"
+                if name not in message
+                else f"'{name}' must be a str, got nil",
+                code=BAD_REQUEST,
+                request_id=request_id,
+            )
+        if not isinstance(field_value, str):
+            raise RequestError(
+                f"'{name}' must be a str{' or nil' if optional else ''}, "
+                f"got {_type_name(field_value)}",
+                code=BAD_REQUEST,
+                request_id=request_id,
+            )
+        values[name] = field_value
+    return Request(
+        request_id,
+        op,
+        values.get("provider"),
+        values.get("key"),
+        values.get("value"),
+        values.get("passphrase"),
+    )
+
+
+def request_message(request_id: int, op: Op | str, **fields: object) -> dict[str, object]:
+    """Build a request map: ``{"v": 1, "id": request_id, "op": op, **fields}``.
+
+    No field validation happens here (the agent does it); ``fields`` must not
+    repeat ``v``, ``id`` or ``op`` (ValueError).
+    """
+    if not _RESERVED_REQUEST_KEYS.isdisjoint(fields):
+        raise ValueError("fields must not include 'v', 'id' or 'op'")
+    return {"v": PROTOCOL_VERSION, "id": request_id, "op": str(op), **fields}
+
+
+def encode_request(request_id: int, op: Op | str, **fields: object) -> bytes:
+    """``encode_frame(request_message(request_id, op, **fields))`` in one call."""
+    if not _RESERVED_REQUEST_KEYS.isdisjoint(fields):
+        raise ValueError("fields must not include 'v', 'id' or 'op'")
+    return encode_str_keyed_dict({"v": PROTOCOL_VERSION, "id": request_id, "op": str(op), **fields})
