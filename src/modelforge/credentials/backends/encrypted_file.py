@@ -32,9 +32,9 @@ from ..errors import (
 from ..files import (
     exclusive_lock,
     fsync_dir,
-    temp_path_for,
     make_private_dir,
     remove_stale_temps,
+    temp_path_for,
     write_atomic,
     write_new_private,
 )
@@ -259,6 +259,10 @@ class EncryptedFileStorage:
         return fileformat.parse(blob)
 
     def _data_key(self, envelope: Envelope) -> bytes:
+        if envelope.protection == KEYFILE:
+            # Read every time: a write under a remembered key after the key
+            # file was deleted would produce a file nobody can open again.
+            return envelope.unwrap(self._read_keyfile())
         with self._mutex:
             kek = self._keks.get(envelope.kek_id)
         if kek is None:
