@@ -1,0 +1,440 @@
+"""``modelforge-agent``: run the credential agent and talk to it from a shell.
+
+Exit status: 0 ok, 1 not found, 2 usage or invalid input, 3 locked (or wrong
+passphrase), 4 agent or backend unavailable. Secret values are read from a
+no-echo prompt or standard input, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import (
+    CredentialBadPassphraseError,
+    CredentialLockedError,
+    CredentialNotFoundError,
+    CredentialStorageError,
+    CredentialValidationError,
+)
+from .paths import SOCKET_VARIABLE, socket_path
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_UNAVAILABLE = 4
+
+
+def exit_code_for(err: CredentialStorageError) -> int:
+    if isinstance(err, CredentialNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(err, CredentialValidationError):
+        return EXIT_USAGE
+    if isinstance(err, CredentialLockedError | CredentialBadPassphraseError):
+        return EXIT_LOCKED
+    return EXIT_UNAVAILABLE
+
+
+class Cli:
+    def __init__(
+        self, args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO
+    ) -> None:
+        self.args = args
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.socket = Path(args.socket) if args.socket else socket_path()
+
+    def client(self):  # type: ignore[no-untyped-def]
+        from .client.sync import AgentClient
+
+        return AgentClient(self.socket, timeout=self.args.timeout)
+
+    # -- reading secrets -----------------------------------------------------------
+
+    def _interactive(self) -> bool:
+        return self.stdin.isatty()
+
+    def read_secret(self, prompt: str) -> str:
+        """A no-echo prompt on a terminal, else one line of standard input."""
+        if self._interactive():
+            import getpass
+
+            return getpass.getpass(prompt)
+        line = self.stdin.readline()
+        if not line:
+            raise CredentialValidationError(
+                f"expected a line on standard input ({prompt.strip(': ')})"
+            )
+        return line[:-1] if line.endswith("\n") else line
+
+    def read_value(self) -> str:
+        if self._interactive():
+            return self.read_secret("Value (not echoed): ")
+        data = self.stdin.read()
+        return data[:-1] if data.endswith("\n") else data
+
+    # -- commands --------------------------------------------------------------------
+
+    def cmd_serve(self) -> int:
+        from .daemon.service import ServeOptions, run
+
+        a = self.args
+        options = ServeOptions(
+            socket=Path(a.socket) if a.socket else None,
+            idle_timeout=a.idle_timeout or None,
+            max_unlock=a.max_unlock,
+            cache_ttl=a.cache_ttl,
+            exit_when_idle=a.exit_when_idle,
+            started_by=a.started_by,
+            ready_fd=a.ready_fd,
+            config_dir=Path(a.config_dir) if a.config_dir else None,
+            unlock_delay_cap=a.unlock_delay_cap,
+            read_deadline=a.read_deadline,
+        )
+        return run(options)
+
+    def cmd_start(self) -> int:
+        from .client.autostart import spawn_agent
+        from .client.sync import AgentNotRunningError
+
+        try:
+            with self.client() as client:
+                client.hello()
+                pid = client.status().get("pid")
+            note = "already running"
+        except AgentNotRunningError:
+            extra = []
+            if self.args.idle_timeout is not None:
+                extra += ["--idle-timeout", str(self.args.idle_timeout)]
+            if self.args.config_dir:
+                extra += ["--config-dir", self.args.config_dir]
+            log_path = Path(self.args.log) if self.args.log else None
+            pid = spawn_agent(self.socket, started_by="manual", log_path=log_path, extra_args=extra)
+            note = "started"
+        path = shlex.quote(str(self.socket))
+        if self.args.csh:
+            self.stdout.write(f"setenv {SOCKET_VARIABLE} {path};\n")
+        elif self.args.fish:
+            self.stdout.write(f"set -gx {SOCKET_VARIABLE} {path};\n")
+        else:
+            self.stdout.write(f"{SOCKET_VARIABLE}={path}; export {SOCKET_VARIABLE};\n")
+        self.stdout.write(f"echo Agent pid {pid} {note};\n")
+        return EXIT_OK
+
+    def cmd_stop(self) -> int:
+        from .client.sync import AgentNotRunningError
+
+        try:
+            with self.client() as client:
+                pid = client.status().get("pid")
+        except AgentNotRunningError:
+            self.stderr.write(f"no agent is running at {self.socket}; nothing to stop\n")
+            return EXIT_OK
+        if not isinstance(pid, int) or pid <= 1:
+            self.stderr.write(
+                "the agent did not report a usable pid; stop it with your service manager\n"
+            )
+            return EXIT_UNAVAILABLE
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.args.timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            self.stderr.write(f"the agent (pid {pid}) did not stop; try `kill {pid}`\n")
+            return EXIT_UNAVAILABLE
+        self.stderr.write(f"stopped the agent (pid {pid})\n")
+        return EXIT_OK
+
+    def cmd_status(self) -> int:
+        with self.client() as client:
+            status = client.status()
+        if self.args.json:
+            json.dump(status, self.stdout, indent=2, sort_keys=True)
+            self.stdout.write("\n")
+            return EXIT_OK
+        idle = status.get("idle_timeout")
+        lines = [
+            f"agent:       running, pid {status.get('pid')}, version {status.get('version')}, "
+            f"up {_duration(status.get('uptime'))}",
+            f"socket:      {status.get('socket') or self.socket}",
+            f"started by:  {status.get('started_by')}",
+            f"backend:     {status.get('backend')} ({status.get('reason')})",
+            f"protection:  {status.get('protection')}"
+            + (f", file {status['path']}" if status.get("path") else ""),
+            f"state:       {'locked' if status.get('locked') else 'unlocked'}, "
+            f"{status.get('cached')} cached",
+            f"idle lock:   {_duration(idle) if idle else 'never'}",
+        ]
+        if status.get("protection") == "keyfile":
+            lines.append(
+                "warning:     key-file protection only stops casual reading; "
+                "set a passphrase with `modelforge-agent passwd`"
+            )
+        self.stdout.write("\n".join(lines) + "\n")
+        return EXIT_OK
+
+    def cmd_unlock(self) -> int:
+        passphrase = self.read_secret("Passphrase: ")
+        with self.client() as client:
+            client.unlock(passphrase)
+        return EXIT_OK
+
+    def cmd_lock(self) -> int:
+        with self.client() as client:
+            client.lock()
+        return EXIT_OK
+
+    def cmd_set(self) -> int:
+        value = self.read_value()
+        with self.client() as client:
+            self._with_unlock(
+                client, lambda: client.store(self.args.provider, self.args.key, value)
+            )
+        return EXIT_OK
+
+    def cmd_get(self) -> int:
+        with self.client() as client:
+            value = self._with_unlock(
+                client, lambda: client.retrieve(self.args.provider, self.args.key)
+            )
+        if value is None:
+            raise CredentialNotFoundError(
+                f"no credential {self.args.key!r} for provider {self.args.provider!r}; "
+                f"store one with `modelforge-agent set {shlex.quote(self.args.provider)} "
+                f"{shlex.quote(self.args.key)}`"
+            )
+        self.stdout.write(value + "\n")
+        return EXIT_OK
+
+    def cmd_delete(self) -> int:
+        with self.client() as client:
+            deleted = self._with_unlock(
+                client, lambda: client.delete(self.args.provider, self.args.key)
+            )
+        return EXIT_OK if deleted else EXIT_NOT_FOUND
+
+    def cmd_exists(self) -> int:
+        with self.client() as client:
+            found = self._with_unlock(
+                client, lambda: client.exists(self.args.provider, self.args.key)
+            )
+        return EXIT_OK if found else EXIT_NOT_FOUND
+
+    def cmd_list(self) -> int:
+        with self.client() as client:
+            items = self._with_unlock(client, lambda: client.list_keys(self.args.provider))
+        if self.args.json:
+            json.dump([list(i) for i in items], self.stdout)
+            self.stdout.write("\n")
+        else:
+            for provider, key in items:
+                self.stdout.write(f"{provider}\t{key}\n")
+        return EXIT_OK
+
+    def cmd_passwd(self) -> int:
+        from .backends.encrypted_file import EncryptedFileStorage
+        from .client.sync import AgentNotRunningError
+
+        client = self.client()
+        config_dir: Path | None = Path(self.args.config_dir) if self.args.config_dir else None
+        agent_running = True
+        try:
+            status = client.status()
+            if status.get("backend") != "encrypted-file":
+                raise CredentialValidationError(
+                    f"the agent uses the {status.get('backend')} backend; `passwd` applies to "
+                    "the encrypted file (MODEL_FORGE_BACKEND=encrypted-file)"
+                )
+            config_dir = Path(str(status["path"])).parent
+        except AgentNotRunningError:
+            agent_running = False
+        storage = EncryptedFileStorage(config_dir)
+        current = None
+        if storage.protection == "passphrase" and storage.path.exists():
+            current = self.read_secret("Current passphrase: ")
+        new = self.read_secret("New passphrase: ")
+        if self._interactive() and self.read_secret("Repeat new passphrase: ") != new:
+            raise CredentialValidationError("the two new passphrases differ; nothing was changed")
+        if not new:
+            raise CredentialValidationError("the new passphrase is empty; nothing was changed")
+        storage.set_passphrase(new, current=current)
+        if agent_running:
+            client.lock()
+            client.unlock(new)
+            client.close()
+        self.stderr.write(f"passphrase set for {storage.path}\n")
+        return EXIT_OK
+
+    def cmd_install_service(self) -> int:
+        from .services import service_files
+
+        platform = self.args.platform or sys.platform
+        home = Path.home()
+        config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        files = service_files(platform, home, config_home, self.socket)
+        for path, content in files.files.items():
+            if self.args.print:
+                text = content.decode() if isinstance(content, bytes) else content
+                self.stdout.write(f"# {path}\n{text}\n")
+                continue
+            from .files import make_private_dir, write_atomic
+
+            make_private_dir(path.parent)
+            data = content if isinstance(content, bytes) else content.encode()
+            write_atomic(path, data, mode=0o644)
+            self.stderr.write(f"wrote {path}\n")
+        if not self.args.print:
+            if platform != "darwin":
+                # The config dir exists before the sandboxed service first runs.
+                from .backends.encrypted_file import default_config_dir
+                from .files import make_private_dir
+
+                make_private_dir(default_config_dir())
+            self.stderr.write(f"enable it with:\n  {files.enable_command}\n")
+        return EXIT_OK
+
+    def _with_unlock(self, client, action: Callable[[], Any]) -> Any:  # type: ignore[no-untyped-def]
+        try:
+            return action()
+        except CredentialLockedError:
+            if not (self._interactive() and self.stderr.isatty()):
+                raise
+            self.stderr.write("The agent is locked.\n")
+            client.unlock(self.read_secret("Passphrase: "))
+            return action()
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelforge-agent",
+        description="Local credential agent for model-forge's LLM provider secrets.",
+        epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 locked, 4 agent or backend unavailable.",
+    )
+    parser.add_argument(
+        "--socket", help=f"agent socket (default: ${SOCKET_VARIABLE} or the runtime dir)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help)
+
+    serve = add("serve", "run the agent in the foreground (for systemd, launchd, debugging)")
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="lock after this many idle seconds (0: never)",
+    )
+    serve.add_argument(
+        "--max-unlock", type=float, default=None, help="lock this many seconds after an unlock"
+    )
+    serve.add_argument(
+        "--cache-ttl", type=float, default=None, help="seconds a keyring value stays cached"
+    )
+    serve.add_argument(
+        "--exit-when-idle",
+        type=float,
+        default=None,
+        help="socket-activated: exit after this many seconds without clients",
+    )
+    serve.add_argument("--started-by", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--config-dir", default=None, help="directory of the encrypted file")
+    serve.add_argument(
+        "--unlock-delay-cap", type=float, default=10.0, help="longest delay after failed unlocks"
+    )
+    serve.add_argument(
+        "--read-deadline",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to finish a frame",
+    )
+
+    start = add(
+        "start", "start the agent in the background if needed; print shell commands for eval"
+    )
+    shell = start.add_mutually_exclusive_group()
+    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
+    shell.add_argument("--fish", action="store_true", help="print fish commands")
+    start.add_argument("--idle-timeout", type=float, default=None, help="as for serve")
+    start.add_argument("--config-dir", default=None, help="as for serve")
+    start.add_argument("--log", default=None, help="append the agent's log to this file")
+
+    add("stop", "stop the running agent")
+    status = add("status", "show the agent's state, backend and protection")
+    status.add_argument("--json", action="store_true")
+    add("unlock", "unlock with the passphrase (prompt, or one line of stdin)")
+    add("lock", "lock: forget the passphrase and every cached value")
+    for name, help in (
+        ("set", "store a value read from a no-echo prompt or stdin"),
+        ("get", "print a value"),
+        ("delete", "delete a value (exit 1 if there was none)"),
+        ("exists", "exit 0 if a value is stored, 1 if not"),
+    ):
+        cmd = add(name, help)
+        cmd.add_argument("provider")
+        cmd.add_argument("key")
+    listing = add("list", "list stored names (never values)")
+    listing.add_argument("provider", nargs="?")
+    listing.add_argument("--json", action="store_true")
+    passwd = add("passwd", "set or change the encrypted file's passphrase")
+    passwd.add_argument(
+        "--config-dir", default=None, help="when no agent runs: the file's directory"
+    )
+    install = add(
+        "install-service", "write the systemd user units (or launchd plist) for this user"
+    )
+    install.add_argument(
+        "--print", action="store_true", help="print the files instead of writing them"
+    )
+    install.add_argument(
+        "--platform", choices=["linux", "darwin"], default=None, help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
+    handler = getattr(cli, "cmd_" + args.command.replace("-", "_"))
+    try:
+        return int(handler())
+    except CredentialStorageError as err:
+        sys.stderr.write(f"modelforge-agent {args.command}: {err}\n")
+        return exit_code_for(err)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

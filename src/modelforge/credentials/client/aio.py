@@ -1,0 +1,208 @@
+"""asyncio agent client: pipelined calls from many tasks over one connection.
+
+Requests are written in call order and replies come back in the same order,
+so each call awaits the next future in a FIFO. When the connection drops,
+every pending call fails at once with an error instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    AgentProtocolError,
+    CredentialStorageUnavailableError,
+    error_for_code,
+)
+from ..paths import socket_path
+from ..protocol import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Op,
+    ProtocolError,
+    RemoteError,
+    encode_request,
+    expect_fields,
+    parse_reply,
+)
+from .sync import AgentNotRunningError, not_running_message
+
+
+class AsyncAgentClient:
+    def __init__(self, path: Path | str | None = None, *, timeout: float = 10.0) -> None:
+        self.path = Path(path) if path is not None else socket_path()
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: collections.deque[tuple[int, Op, asyncio.Future[dict[str, object]]]] = (
+            collections.deque()
+        )
+        self._reader_task: asyncio.Task[None] | None = None
+        self._next_id = 0
+        self._failure: Exception | None = None
+
+    def __repr__(self) -> str:
+        return f"AsyncAgentClient({str(self.path)!r})"
+
+    async def __aenter__(self) -> AsyncAgentClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        if self._writer is not None:
+            return
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path)), self.timeout
+            )
+        except FileNotFoundError:
+            raise AgentNotRunningError(not_running_message(self.path, "no socket")) from None
+        except ConnectionRefusedError:
+            raise AgentNotRunningError(
+                not_running_message(self.path, "stale socket, nobody listening")
+            ) from None
+        except (OSError, TimeoutError) as err:
+            raise CredentialStorageUnavailableError(
+                f"cannot connect to the agent at {self.path} ({type(err).__name__}); check "
+                "MODEL_FORGE_AGENT_SOCK and `modelforge-agent status`"
+            ) from None
+        self._failure = None
+        self._reader_task = asyncio.create_task(self._read_replies())
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except OSError:
+                pass
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            try:
+                await self._reader_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._fail_pending(CredentialStorageUnavailableError("the client was closed"))
+        self._reader = self._writer = None
+        self._reader_task = None
+
+    async def call(self, op: Op, **fields: Any) -> dict[str, object]:
+        await self.connect()
+        assert self._writer is not None
+        if self._failure is not None:
+            raise self._failure
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self._pending.append((request_id, op, future))
+        self._writer.write(encode_request(request_id, op, **fields))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            error = CredentialStorageUnavailableError(
+                f"the agent at {self.path} did not answer within {self.timeout:g} s; "
+                "check `modelforge-agent status` or restart it"
+            )
+            # Later replies would be matched to the wrong calls: drop the line.
+            self._fail_pending(error)
+            await self.close()
+            raise error from None
+
+    async def _read_replies(self) -> None:
+        assert self._reader is not None
+        decoder = FrameDecoder()
+        error: Exception
+        try:
+            while True:
+                chunk = await self._reader.read(65_536)
+                if not chunk:
+                    error = CredentialStorageUnavailableError(
+                        f"the agent at {self.path} closed the connection; it may have "
+                        "been stopped (see its log)"
+                    )
+                    break
+                decoder.feed(chunk)
+                while (message := decoder.next_message()) is not None:
+                    self._deliver(message)
+        except ProtocolError as err:
+            error = AgentProtocolError(
+                f"the agent sent a reply this client cannot read ({err.message}); restart "
+                "it with `modelforge-agent stop`"
+            )
+        except OSError as err:
+            error = CredentialStorageUnavailableError(
+                f"lost the connection to the agent at {self.path} ({type(err).__name__})"
+            )
+        self._failure = error
+        self._fail_pending(error)
+
+    def _deliver(self, message: dict[str, object]) -> None:
+        if not self._pending:
+            raise AgentProtocolError("the agent sent a reply nobody asked for")
+        request_id, op, future = self._pending.popleft()
+        if future.done():
+            return
+        try:
+            reply = parse_reply(message)
+            if reply.id != request_id:
+                raise AgentProtocolError(
+                    f"the agent answered request {reply.id} instead of {request_id}"
+                )
+            future.set_result(expect_fields(reply, op))
+        except RemoteError as err:
+            future.set_exception(error_for_code(err.code, err.message))
+        except ProtocolError as err:
+            future.set_exception(AgentProtocolError(f"malformed reply ({err.message})"))
+        except AgentProtocolError as err:
+            future.set_exception(err)
+
+    def _fail_pending(self, error: Exception) -> None:
+        while self._pending:
+            _, _, future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    # -- operations -----------------------------------------------------------
+
+    async def hello(self) -> dict[str, object]:
+        result = await self.call(Op.HELLO)
+        if result.get("protocol") != PROTOCOL_VERSION:
+            raise AgentProtocolError(
+                f"the agent speaks protocol {result.get('protocol')}, this client "
+                f"{PROTOCOL_VERSION}; restart the agent (`modelforge-agent stop`)"
+            )
+        return result
+
+    async def store(self, provider: str, key: str, value: str) -> None:
+        await self.call(Op.STORE, provider=provider, key=key, value=value)
+
+    async def retrieve(self, provider: str, key: str) -> str | None:
+        value = (await self.call(Op.RETRIEVE, provider=provider, key=key))["value"]
+        return value if isinstance(value, str) else None
+
+    async def delete(self, provider: str, key: str) -> bool:
+        return bool((await self.call(Op.DELETE, provider=provider, key=key))["deleted"])
+
+    async def exists(self, provider: str, key: str) -> bool:
+        return bool((await self.call(Op.EXISTS, provider=provider, key=key))["exists"])
+
+    async def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        fields = {"provider": provider} if provider is not None else {}
+        items = (await self.call(Op.LIST, **fields))["items"]
+        assert isinstance(items, list)
+        return [(str(p), str(k)) for p, k in items]
+
+    async def status(self) -> dict[str, object]:
+        return await self.call(Op.STATUS)
+
+    async def lock(self) -> None:
+        await self.call(Op.LOCK)
+
+    async def unlock(self, passphrase: str) -> None:
+        await self.call(Op.UNLOCK, passphrase=passphrase)

@@ -1,0 +1,203 @@
+"""Blocking agent client. Imports only the protocol, errors and ``socket``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    AgentProtocolError,
+    CredentialStorageError,
+    CredentialStorageUnavailableError,
+    error_for_code,
+)
+from ..paths import socket_path
+from ..protocol import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    Op,
+    ProtocolError,
+    RemoteError,
+    encode_request,
+    expect_fields,
+    parse_reply,
+)
+
+DEFAULT_TIMEOUT = 10.0
+_RECV_SIZE = 65_536
+
+
+class AgentNotRunningError(CredentialStorageUnavailableError):
+    """No agent answers on the socket path (absent, or a stale socket file).
+
+    Start one: ``eval "$(modelforge-agent start)"``, or let
+    ``CredentialManager()`` start it on first use.
+    """
+
+
+def not_running_message(path: Path, why: str) -> str:
+    return (
+        f"no credential agent is running at {path} ({why}); start one with "
+        '`eval "$(modelforge-agent start)"` or unset MODEL_FORGE_AGENT_SOCK '
+        "if it points to an old agent"
+    )
+
+
+class AgentClient:
+    """One connection to the agent. Not thread-safe: use one per thread.
+
+    ``timeout`` bounds connecting and each reply, so a wedged peer gives an
+    error instead of a hang.
+    """
+
+    def __init__(self, path: Path | str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = Path(path) if path is not None else socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._decoder = FrameDecoder()
+        self._next_id = 0
+
+    def __repr__(self) -> str:
+        return f"AgentClient({str(self.path)!r})"
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except FileNotFoundError:
+            sock.close()
+            raise AgentNotRunningError(not_running_message(self.path, "no socket")) from None
+        except ConnectionRefusedError:
+            sock.close()
+            raise AgentNotRunningError(
+                not_running_message(self.path, "stale socket, nobody listening")
+            ) from None
+        except TimeoutError:
+            sock.close()
+            raise CredentialStorageUnavailableError(
+                f"the agent at {self.path} did not accept a connection within "
+                f"{self.timeout:g} s; restart it (`modelforge-agent stop`, then start)"
+            ) from None
+        except OSError as err:
+            sock.close()
+            raise CredentialStorageUnavailableError(
+                f"cannot connect to the agent at {self.path}: {err.strerror or err}; "
+                "check MODEL_FORGE_AGENT_SOCK and the directory's permissions"
+            ) from None
+        self._sock = sock
+        self._decoder = FrameDecoder()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, op: Op, **fields: Any) -> dict[str, object]:
+        """Send one request and return its checked result fields."""
+        self.connect()
+        assert self._sock is not None
+        self._next_id += 1
+        request_id = self._next_id
+        try:
+            self._sock.sendall(encode_request(request_id, op, **fields))
+            message = self._read_message()
+            reply = parse_reply(message)
+            if reply.id != request_id:
+                raise AgentProtocolError(
+                    f"the agent answered request {reply.id} instead of {request_id}; "
+                    "restart the agent (`modelforge-agent stop`)"
+                )
+            return expect_fields(reply, op)
+        except RemoteError as err:
+            raise error_for_code(err.code, err.message) from None
+        except ProtocolError as err:
+            self.close()
+            raise AgentProtocolError(
+                f"the agent at {self.path} sent a reply this client cannot read "
+                f"({err.message}); restart it with `modelforge-agent stop` so the "
+                "installed version starts"
+            ) from None
+        except TimeoutError:
+            self.close()
+            raise CredentialStorageUnavailableError(
+                f"the agent at {self.path} did not answer within {self.timeout:g} s; "
+                "check `modelforge-agent status` or restart it"
+            ) from None
+        except CredentialStorageError:
+            self.close()
+            raise
+        except OSError as err:
+            self.close()
+            raise CredentialStorageUnavailableError(
+                f"lost the connection to the agent at {self.path} "
+                f"({err.strerror or type(err).__name__}); retry, or check the agent's log"
+            ) from None
+
+    def _read_message(self) -> dict[str, object]:
+        assert self._sock is not None
+        while True:
+            message = self._decoder.next_message()
+            if message is not None:
+                return message
+            chunk = self._sock.recv(_RECV_SIZE)
+            if not chunk:
+                raise CredentialStorageUnavailableError(
+                    f"the agent at {self.path} closed the connection; it may have been "
+                    "stopped or refused this user (see its log)"
+                )
+            self._decoder.feed(chunk)
+
+    # -- operations -----------------------------------------------------------
+
+    def hello(self) -> dict[str, object]:
+        result = self.call(Op.HELLO)
+        if result.get("protocol") != PROTOCOL_VERSION:
+            raise AgentProtocolError(
+                f"the agent speaks protocol {result.get('protocol')}, this client "
+                f"{PROTOCOL_VERSION}; restart the agent (`modelforge-agent stop`)"
+            )
+        return result
+
+    def store(self, provider: str, key: str, value: str) -> None:
+        self.call(Op.STORE, provider=provider, key=key, value=value)
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        value = self.call(Op.RETRIEVE, provider=provider, key=key)["value"]
+        return value if isinstance(value, str) else None
+
+    def delete(self, provider: str, key: str) -> bool:
+        return bool(self.call(Op.DELETE, provider=provider, key=key)["deleted"])
+
+    def exists(self, provider: str, key: str) -> bool:
+        return bool(self.call(Op.EXISTS, provider=provider, key=key)["exists"])
+
+    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        fields = {"provider": provider} if provider is not None else {}
+        items = self.call(Op.LIST, **fields)["items"]
+        assert isinstance(items, list)
+        return [(str(p), str(k)) for p, k in items]
+
+    def status(self) -> dict[str, object]:
+        return self.call(Op.STATUS)
+
+    def lock(self) -> None:
+        self.call(Op.LOCK)
+
+    def unlock(self, passphrase: str) -> None:
+        self.call(Op.UNLOCK, passphrase=passphrase)
+
+
+def agent_pid(client: AgentClient) -> int:
+    pid = client.status().get("pid")
+    return int(pid) if isinstance(pid, int) else os.getpid()

@@ -1,0 +1,1 @@
+"""The asyncio credential agent: state and dispatch, socket server, service glue."""

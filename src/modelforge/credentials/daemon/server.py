@@ -1,0 +1,272 @@
+"""The agent's socket server: asyncio Protocols over the shared frame codec.
+
+A Protocol (not the streams API) because the hot path is one small frame in,
+one small frame out: answering a cache hit inside ``data_received`` costs no
+task, no future and no extra copy. Replies leave in request order; a request
+that needs the backend parks the connection's later requests until it is
+answered, while other connections go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import (
+    BAD_REQUEST,
+    FrameDecoder,
+    FrameError,
+    Request,
+    RequestError,
+    encode_frame,
+    error_reply,
+    parse_request,
+)
+from .state import Agent
+
+log = logging.getLogger("modelforge.agent")
+
+MAX_QUEUED = 1024
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The connecting process's uid from the kernel (never from the client)."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        # struct xucred { u_int cr_version; uid_t cr_uid; ... } via LOCAL_PEERCRED.
+        local_peercred = 0x001
+        creds = sock.getsockopt(0, local_peercred, 76)
+        return int(struct.unpack_from("=I", creds, 4)[0])
+    return None
+
+
+class _Fatal:
+    """A queued failure reply after which the connection closes."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: dict[str, object]) -> None:
+        self.reply = reply
+
+
+Item = Request | _Fatal | dict[str, object]
+
+
+class AgentConnection(asyncio.Protocol):
+    def __init__(self, server: AgentServer) -> None:
+        self.server = server
+        self.agent = server.agent
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.queue: collections.deque[Item] = collections.deque()
+        self.busy = False
+        self.closing = False
+        self.last_seen = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid is None or uid not in self.server.allowed_uids:
+            log.warning("refused a connection from uid %s", uid)
+            self.closing = True
+            transport.abort()
+            return
+        self.last_seen = self.server.loop.time()
+        self.server.register(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_deadline()
+        self.server.unregister(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.decoder.failed:
+            return
+        self.last_seen = self.server.loop.time()
+        replies: list[bytes] = []
+        try:
+            self.decoder.feed(data)
+        except FrameError as err:
+            self._enqueue(_Fatal(error_reply(None, err.code or BAD_REQUEST, str(err))), replies)
+        while not self.closing and not self.decoder.failed:
+            try:
+                message = self.decoder.next_message()
+            except FrameError as err:
+                self._enqueue(_Fatal(error_reply(None, err.code or BAD_REQUEST, str(err))), replies)
+                break
+            if message is None:
+                break
+            try:
+                item: Item = parse_request(message)
+            except RequestError as err:
+                item = error_reply(err.request_id, err.code, str(err))
+            self._enqueue(item, replies)
+        self._flush(replies)
+        if self.decoder.pending_bytes and not self.closing:
+            self._arm_deadline()
+        else:
+            self._cancel_deadline()
+        if len(self.queue) > MAX_QUEUED and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _enqueue(self, item: Item, replies: list[bytes]) -> None:
+        if self.busy or self.queue:
+            self.queue.append(item)
+            return
+        self._process(item, replies)
+
+    def _process(self, item: Item, replies: list[bytes]) -> None:
+        """Answer ``item`` now if possible; otherwise start the slow path."""
+        if isinstance(item, _Fatal):
+            replies.append(encode_frame(item.reply))
+            self._flush(replies)
+            self._close()
+            return
+        if isinstance(item, dict):
+            replies.append(encode_frame(item))
+            return
+        reply = self.agent.fast(item)
+        if reply is not None:
+            replies.append(encode_frame(reply))
+            return
+        self.busy = True
+        task = self.server.loop.create_task(self._slow(item))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _slow(self, req: Request) -> None:
+        reply = await self.agent.slow(req)
+        self.server.wake_timers()
+        self.busy = False
+        if self.closing:
+            return
+        replies = [encode_frame(reply)]
+        while self.queue and not self.busy and not self.closing:
+            self._process(self.queue.popleft(), replies)
+        self._flush(replies)
+        if self.transport is not None and len(self.queue) <= MAX_QUEUED and not self.closing:
+            self.transport.resume_reading()
+
+    def _flush(self, replies: list[bytes]) -> None:
+        if replies and self.transport is not None and not self.closing:
+            self.transport.write(b"".join(replies) if len(replies) > 1 else replies[0])
+        replies.clear()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.server.loop.call_later(
+                self.server.read_deadline, self._deadline_passed
+            )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.decoder.pending_bytes and not self.closing:
+            log.info("closing a connection that left a frame unfinished")
+            self._close()
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.queue and not self.decoder.pending_bytes
+
+
+class AgentServer:
+    """Serves ``agent`` on a listening Unix socket."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        max_connections: int = 256,
+        read_deadline: float = 10.0,
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.max_connections = max_connections
+        self.read_deadline = read_deadline
+        self.allowed_uids = allowed_uids or frozenset({os.getuid(), 0})
+        self.connections: dict[AgentConnection, None] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.loop = asyncio.get_running_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.on_activity: Callable[[], None] | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._server = await self.loop.create_unix_server(
+            lambda: AgentConnection(self), sock=sock, backlog=128
+        )
+        self.wake_timers()
+
+    def register(self, conn: AgentConnection) -> None:
+        if len(self.connections) >= self.max_connections:
+            # Make room by dropping the connection idle the longest, so a
+            # flood of idle connections cannot lock out a working client.
+            idle = [c for c in self.connections if c.idle]
+            if idle:
+                oldest = min(idle, key=lambda c: c.last_seen)
+                oldest._close()
+                self.connections.pop(oldest, None)
+            else:
+                conn._close()
+                return
+        self.connections[conn] = None
+        if self.on_activity is not None:
+            self.on_activity()
+
+    def unregister(self, conn: AgentConnection) -> None:
+        self.connections.pop(conn, None)
+        if self.on_activity is not None:
+            self.on_activity()
+
+    def wake_timers(self) -> None:
+        """(Re)schedule the agent's idle/maximum lock check."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.agent.next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.agent.clock())
+        self._timer = self.loop.call_later(delay + 0.01, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.agent.check_timers()
+        self.wake_timers()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn._close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        for task in list(self.tasks):
+            task.cancel()
+        self.agent.close()

@@ -1,0 +1,404 @@
+"""The agent's state: backend, cache, lock, timers, and the one dispatch of ops.
+
+Every operation is answered in :meth:`Agent.fast` when it needs no blocking
+work (hello, status, lock, cache hits, refusals while locked) and otherwise in
+:meth:`Agent.slow`, which runs the backend on one worker thread: backend
+calls are serialized, and the event loop never blocks on D-Bus, disk or the
+KDF. Time comes from an injected clock (and sleep), so timers are tested
+without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .. import __version__
+from ..backends.encrypted_file import EncryptedFileStorage
+from ..backends.env import EnvVarStorage
+from ..errors import (
+    CredentialBadPassphraseError,
+    CredentialLockedError,
+    CredentialStorageError,
+)
+from ..protocol import (
+    BAD_PASSPHRASE,
+    ERROR_CODES,
+    INTERNAL,
+    LOCKED,
+    OPS_ALLOWED_WHILE_LOCKED,
+    PROTOCOL_VERSION,
+    READ_ONLY,
+    Op,
+    Request,
+    error_reply,
+    ok_reply,
+)
+from ..storage import CredentialStorage
+from ..validation import validate_name, validate_pair, validate_value
+
+log = logging.getLogger("modelforge.agent")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+Reply = dict[str, object]
+Pair = tuple[str, str]
+T = TypeVar("T")
+
+DEFAULT_IDLE_TIMEOUT = 15 * 60.0
+DEFAULT_KEYRING_TTL = 10.0
+
+
+@dataclass
+class AgentConfig:
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None or 0: never
+    max_unlock: float | None = None  # absolute limit after an unlock
+    cache_ttl: float | None = None  # None: per backend (keyring 10 s, file: on change)
+    unlock_delay_base: float = 0.5
+    unlock_delay_cap: float = 10.0
+    started_by: str = "manual"
+    reason: str = ""
+    socket: str = ""
+
+
+class Cache:
+    """Decrypted values by ``(provider, key)``; ``None`` records an absence.
+
+    ``complete`` means the whole store was loaded, so a miss is an absence.
+    Entries expire after ``ttl`` seconds when one is set.
+    """
+
+    def __init__(self, ttl: float | None, clock: Clock) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[Pair, tuple[str | None, float]] = {}
+        self.complete = False
+
+    def get(self, pair: Pair) -> tuple[bool, str | None]:
+        entry = self._entries.get(pair)
+        if entry is None:
+            return (True, None) if self.complete else (False, None)
+        value, stored_at = entry
+        if self.ttl is not None and self._clock() - stored_at >= self.ttl:
+            del self._entries[pair]
+            return False, None
+        return True, value
+
+    def put(self, pair: Pair, value: str | None) -> None:
+        if value is None and self.complete:
+            self._entries.pop(pair, None)
+        else:
+            self._entries[pair] = (value, self._clock())
+
+    def fill(self, credentials: dict[str, dict[str, str]]) -> None:
+        now = self._clock()
+        self._entries = {
+            (provider, key): (value, now)
+            for provider, keys in credentials.items()
+            for key, value in keys.items()
+        }
+        self.complete = True
+
+    def names(self, provider: str | None) -> list[Pair]:
+        return sorted(
+            pair
+            for pair, (value, _) in self._entries.items()
+            if value is not None and (provider is None or pair[0] == provider)
+        )
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.complete = False
+
+    def __len__(self) -> int:
+        return sum(1 for value, _ in self._entries.values() if value is not None)
+
+
+class Agent:
+    def __init__(
+        self,
+        backend: CredentialStorage,
+        config: AgentConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.backend = backend
+        self.config = config or AgentConfig()
+        self.clock = clock
+        self.sleep = sleep
+        self.file = backend if isinstance(backend, EncryptedFileStorage) else None
+        self.read_only = isinstance(backend, EnvVarStorage)
+        ttl = self.config.cache_ttl
+        if ttl is None and self.file is None and not self.read_only:
+            ttl = DEFAULT_KEYRING_TTL
+        self.cache = Cache(ttl, clock)
+        self.started_at = clock()
+        self.last_activity = self.started_at
+        self.unlocked_at: float | None = None
+        self.locked = False
+        self.protection = str(self._describe().get("protection", "unknown"))
+        self.failed_unlocks = 0
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
+        self._unlock_lock = asyncio.Lock()
+
+    @property
+    def backend_name(self) -> str:
+        return str(getattr(self.backend, "name", type(self.backend).__name__))
+
+    async def start(self) -> None:
+        """Learn whether the store needs a passphrase; load the cache if not."""
+        await self._run(self._refresh_lock_state)
+
+    def _refresh_lock_state(self) -> None:
+        if self.file is None:
+            return
+        self.protection = self.file.protection
+        self.locked = self.file.locked
+        if not self.locked:
+            self.cache.fill(self.file.load())
+            self.unlocked_at = self.clock()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- timers ---------------------------------------------------------------
+
+    def check_timers(self) -> None:
+        """Lock (or drop the cache) when the idle or absolute limit has passed."""
+        now = self.clock()
+        idle = self.config.idle_timeout
+        if idle and now - self.last_activity >= idle and (self.unlocked_at or len(self.cache)):
+            log.info("idle for %.0f s: locking", now - self.last_activity)
+            self._lock()
+        limit = self.config.max_unlock
+        if limit and self.unlocked_at is not None and now - self.unlocked_at >= limit:
+            log.info("unlocked for %.0f s (the maximum): locking", now - self.unlocked_at)
+            self._lock()
+
+    def next_deadline(self) -> float | None:
+        """Clock time of the next timer check that could change anything."""
+        deadlines = []
+        if self.config.idle_timeout and (self.unlocked_at is not None or len(self.cache)):
+            deadlines.append(self.last_activity + self.config.idle_timeout)
+        if self.config.max_unlock and self.unlocked_at is not None:
+            deadlines.append(self.unlocked_at + self.config.max_unlock)
+        return min(deadlines) if deadlines else None
+
+    def _lock(self) -> None:
+        self.cache.clear()
+        self.unlocked_at = None
+        if self.file is not None:
+            self.file.lock()
+            self.locked = self.protection == "passphrase"
+
+    # -- dispatch -------------------------------------------------------------
+
+    def fast(self, req: Request) -> Reply | None:
+        """The reply when it needs no blocking work, else ``None`` (use slow)."""
+        self.check_timers()
+        op = req.op
+        if op is Op.HELLO:
+            return ok_reply(
+                req.id,
+                protocol=PROTOCOL_VERSION,
+                agent=__version__,
+                backend=self.backend_name,
+                locked=self.locked,
+            )
+        if op is Op.STATUS:
+            return ok_reply(req.id, **self.status())
+        if op is Op.LOCK:
+            self._lock()
+            return ok_reply(req.id)
+        if self.locked and op not in OPS_ALLOWED_WHILE_LOCKED:
+            return error_reply(req.id, LOCKED, "the agent is locked: run `modelforge-agent unlock`")
+        if op is Op.UNLOCK:
+            return None
+        try:
+            pair = self._validate(req)
+        except CredentialStorageError as err:
+            return _failure(req.id, err)
+        self.last_activity = self.clock()
+        if op in (Op.STORE, Op.DELETE) and self.read_only:
+            return error_reply(
+                req.id,
+                READ_ONLY,
+                "the environment-variable backend is read-only inside the agent (a "
+                "write would only change the agent's own environment); set "
+                "MODEL_FORGE_BACKEND=encrypted-file or keyring and restart the agent",
+            )
+        if op in (Op.RETRIEVE, Op.EXISTS) and pair is not None and self._cache_fresh():
+            hit, value = self.cache.get(pair)
+            if hit:
+                if op is Op.RETRIEVE:
+                    return ok_reply(req.id, value=value)
+                return ok_reply(req.id, exists=value is not None)
+        if op is Op.LIST and self.cache.complete and self._cache_fresh():
+            return ok_reply(req.id, items=[list(p) for p in self.cache.names(req.provider)])
+        return None
+
+    async def slow(self, req: Request) -> Reply:
+        """Answer ``req`` with backend work on the worker thread."""
+        op = req.op
+        try:
+            if op is Op.UNLOCK:
+                return await self._unlock(req)
+            if self.locked:
+                return error_reply(
+                    req.id, LOCKED, "the agent is locked: run `modelforge-agent unlock`"
+                )
+            if self.file is not None and not self.cache.complete:
+                await self._run(self._reload)
+                quick = self.fast(req)
+                if quick is not None:
+                    return quick
+            provider, key = req.provider or "", req.key or ""
+            if op is Op.STORE:
+                assert req.value is not None
+                await self._run(self.backend.store, provider, key, req.value)
+                self.cache.put((provider, key), req.value)
+                return ok_reply(req.id)
+            if op is Op.DELETE:
+                deleted = await self._run(self.backend.delete, provider, key)
+                self.cache.put((provider, key), None)
+                return ok_reply(req.id, deleted=bool(deleted))
+            if op in (Op.RETRIEVE, Op.EXISTS):
+                value = await self._run(self.backend.retrieve, provider, key)
+                self.cache.put((provider, key), value)
+                if op is Op.RETRIEVE:
+                    return ok_reply(req.id, value=value)
+                return ok_reply(req.id, exists=value is not None)
+            if op is Op.LIST:
+                names = await self._run(self.backend.list_keys, req.provider)
+                return ok_reply(req.id, items=[list(p) for p in names])
+        except (CredentialLockedError, CredentialBadPassphraseError) as err:
+            # Only unlock takes a passphrase: here the file was re-protected
+            # behind the agent's back (e.g. `passwd` from another process).
+            if self.file is None:
+                return _failure(req.id, err)
+            self._lock()
+            self.locked = True
+            self.protection = "passphrase"
+            return error_reply(
+                req.id,
+                LOCKED,
+                f"{self.file.path} needs its passphrase (it changed or was set since "
+                "the agent unlocked it): run `modelforge-agent unlock`",
+            )
+        except CredentialStorageError as err:
+            log.warning("%s failed: %s", op.value, err)
+            return _failure(req.id, err)
+        except Exception as err:
+            log.error("%s failed unexpectedly: %s", op.value, type(err).__name__)
+            return error_reply(
+                req.id, INTERNAL, f"internal error ({type(err).__name__}); see the agent's log"
+            )
+        return error_reply(req.id, INTERNAL, f"operation {op.value!r} has no handler")
+
+    async def handle(self, req: Request) -> Reply:
+        reply = self.fast(req)
+        return reply if reply is not None else await self.slow(req)
+
+    # -- pieces ------------------------------------------------------------------
+
+    def _validate(self, req: Request) -> Pair | None:
+        if req.op is Op.LIST:
+            if req.provider is not None:
+                validate_name("provider", req.provider)
+            return None
+        if req.op in (Op.STORE, Op.RETRIEVE, Op.DELETE, Op.EXISTS):
+            pair = validate_pair(req.provider, req.key)
+            if req.op is Op.STORE:
+                validate_value(req.value)
+            return pair
+        return None
+
+    def _cache_fresh(self) -> bool:
+        if self.file is None:
+            return True
+        if self.cache.complete and self.file.changed_since_last_access():
+            # Another process replaced the file: reload before answering.
+            self.cache.clear()
+            return False
+        return True
+
+    def _reload(self) -> None:
+        assert self.file is not None
+        self.cache.fill(self.file.load())
+        self.protection = self.file.protection
+
+    async def _unlock(self, req: Request) -> Reply:
+        assert req.passphrase is not None
+        async with self._unlock_lock:
+            if self.file is None:
+                return ok_reply(req.id)
+            try:
+                await self._run(self._unlock_file, req.passphrase)
+            except CredentialBadPassphraseError as err:
+                self.failed_unlocks += 1
+                delay = min(
+                    self.config.unlock_delay_cap,
+                    self.config.unlock_delay_base * 2 ** (self.failed_unlocks - 1),
+                )
+                log.warning("failed unlock #%d; next answer in %.1f s", self.failed_unlocks, delay)
+                # Slow down guessing; other clients are still served meanwhile.
+                await self.sleep(delay)
+                return error_reply(req.id, BAD_PASSPHRASE, str(err))
+            self.failed_unlocks = 0
+            self.locked = False
+            self.unlocked_at = self.last_activity = self.clock()
+            log.info("unlocked")
+            return ok_reply(req.id)
+
+    def _unlock_file(self, passphrase: str) -> None:
+        assert self.file is not None
+        self.file.unlock(passphrase)
+        self._reload()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def _describe(self) -> dict[str, Any]:
+        describe = getattr(self.backend, "describe", None)
+        try:
+            return dict(describe()) if callable(describe) else {}
+        except CredentialStorageError:
+            return {}
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        idle = self.config.idle_timeout
+        info: dict[str, Any] = {
+            "locked": self.locked,
+            "backend": self.backend_name,
+            "protection": self.protection,
+            "cached": len(self.cache),
+            "idle_timeout": idle if idle else None,
+            "max_unlock": self.config.max_unlock,
+            "pid": os.getpid(),
+            "uptime": max(0.0, now - self.started_at),
+            "version": __version__,
+            "started_by": self.config.started_by,
+            "reason": self.config.reason,
+            "socket": self.config.socket,
+            "read_only": self.read_only,
+            "failed_unlocks": self.failed_unlocks,
+        }
+        if self.file is not None:
+            info["path"] = str(self.file.path)
+        if self.cache.ttl is not None:
+            info["cache_ttl"] = self.cache.ttl
+        return info
+
+
+def _failure(request_id: int, err: CredentialStorageError) -> Reply:
+    code = err.code if err.code in ERROR_CODES else INTERNAL
+    return error_reply(request_id, code, str(err))

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Run the whole test suite in the project's own virtual environment.
+
+    python3 tests/run.py [pytest arguments...]
+
+Creates ``.venv`` beside the sources on first use (or ``$MODEL_FORGE_VENV``),
+installs the package with its test dependencies, then runs pytest and exits
+with pytest's status. Needs only Python 3.11+.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_venv() -> Path:
+    target = Path(os.environ.get("MODEL_FORGE_VENV", ROOT / ".venv"))
+    python = target / "bin" / "python"
+    if not python.exists():
+        print(f"creating virtual environment in {target}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(target)
+    stamp = target / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        print("installing model-forge-credentials and its test dependencies", flush=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-e",
+                f"{ROOT}[test]",
+            ],
+            check=True,
+        )
+        stamp.write_text(digest)
+    return python
+
+
+def main() -> int:
+    if sys.version_info < (3, 11):
+        print("model-forge-credentials needs Python 3.11 or newer", file=sys.stderr)
+        return 2
+    python = ensure_venv()
+    args = sys.argv[1:] or ["-q"]
+    return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
