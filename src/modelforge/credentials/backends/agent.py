@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client.sync import AgentClient, AgentNotRunningError
+from ..errors import CredentialStorageUnavailableError
 from ..paths import socket_path
 
 
@@ -49,20 +50,34 @@ class AgentStorage:
         self._local.client = client
         return client
 
+    def _call(self, method: str, *args: Any) -> Any:
+        client = self._client()
+        try:
+            return getattr(client, method)(*args)
+        except CredentialStorageUnavailableError:
+            if client.connected:
+                raise
+            # The connection broke (agent restarted or idle-exited): every
+            # operation is idempotent, so reconnect once and retry.
+            self._local.client = None
+            return getattr(self._client(), method)(*args)
+
     def store(self, provider: str, key: str, value: str) -> None:
-        self._client().store(provider, key, value)
+        self._call("store", provider, key, value)
 
     def retrieve(self, provider: str, key: str) -> str | None:
-        return self._client().retrieve(provider, key)
+        result: str | None = self._call("retrieve", provider, key)
+        return result
 
     def delete(self, provider: str, key: str) -> bool:
-        return self._client().delete(provider, key)
+        return bool(self._call("delete", provider, key))
 
     def exists(self, provider: str, key: str) -> bool:
-        return self._client().exists(provider, key)
+        return bool(self._call("exists", provider, key))
 
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        return self._client().list_keys(provider)
+        result: list[tuple[str, str]] = self._call("list_keys", provider)
+        return result
 
     def describe(self) -> dict[str, Any]:
         status = self._client().status()

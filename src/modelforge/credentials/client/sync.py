@@ -68,6 +68,11 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def connected(self) -> bool:
+        """False after an I/O failure closed the connection (a call reconnects)."""
+        return self._sock is not None
+
     def connect(self) -> None:
         if self._sock is not None:
             return
