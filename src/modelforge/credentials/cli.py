@@ -148,9 +148,7 @@ class Cli:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.args.timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _process_running(pid):
                 break
             time.sleep(0.02)
         else:
@@ -316,6 +314,23 @@ class Cli:
             self.stderr.write("The agent is locked.\n")
             client.unlock(self.read_secret("Passphrase: "))
             return action()
+
+
+def _process_running(pid: int) -> bool:
+    """False once ``pid`` is gone or a zombie (exited, waiting to be reaped
+    by a parent that may be slow: pid 1 of a container, say)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _duration(seconds: object) -> str:
