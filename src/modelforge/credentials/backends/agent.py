@@ -9,6 +9,7 @@ from typing import Any
 from ..client.sync import AgentClient, AgentNotRunningError
 from ..errors import CredentialStorageUnavailableError
 from ..paths import socket_path
+from ..validation import validate_name, validate_pair, validate_value
 
 
 class AgentStorage:
@@ -62,26 +63,36 @@ class AgentStorage:
             self._local.client = None
             return getattr(self._client(), method)(*args)
 
+    # Input is checked here too, so a bad call raises the same
+    # CredentialValidationError as with any other backend, not a protocol error.
+
     def store(self, provider: str, key: str, value: str) -> None:
+        validate_pair(provider, key)
+        validate_value(value)
         self._call("store", provider, key, value)
 
     def retrieve(self, provider: str, key: str) -> str | None:
+        validate_pair(provider, key)
         result: str | None = self._call("retrieve", provider, key)
         return result
 
     def delete(self, provider: str, key: str) -> bool:
+        validate_pair(provider, key)
         return bool(self._call("delete", provider, key))
 
     def exists(self, provider: str, key: str) -> bool:
+        validate_pair(provider, key)
         return bool(self._call("exists", provider, key))
 
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
+        if provider is not None:
+            validate_name("provider", provider)
         result: list[tuple[str, str]] = self._call("list_keys", provider)
         return result
 
     def describe(self) -> dict[str, Any]:
         status = self._client().status()
-        return {"backend": self.name, "agent_backend": status.get("backend"), **status}
+        return {**status, "backend": self.name, "agent_backend": status.get("backend")}
 
     def close(self) -> None:
         client = getattr(self._local, "client", None)

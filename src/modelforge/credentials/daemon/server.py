@@ -21,8 +21,12 @@ from typing import Any
 
 from ..protocol import (
     BAD_REQUEST,
+    INTERNAL,
+    TOO_LARGE,
+    EncodeError,
     FrameDecoder,
     FrameError,
+    FrameTooLarge,
     Request,
     RequestError,
     encode_frame,
@@ -47,6 +51,31 @@ def peer_uid(sock: socket.socket) -> int | None:
         creds = sock.getsockopt(0, local_peercred, 76)
         return int(struct.unpack_from("=I", creds, 4)[0])
     return None
+
+
+def _encode(reply: dict[str, object]) -> bytes:
+    """Frame ``reply``; one over the frame limit becomes a ``too_large`` failure."""
+    try:
+        return encode_frame(reply)
+    except FrameTooLarge:
+        return encode_frame(
+            error_reply(
+                _reply_id(reply),
+                TOO_LARGE,
+                "the reply would exceed the 1 MiB frame limit; narrow the request "
+                "(e.g. `list PROVIDER`)",
+            )
+        )
+    except EncodeError as err:
+        log.error("cannot encode a reply: %s", err.message)
+        return encode_frame(
+            error_reply(_reply_id(reply), INTERNAL, "the reply could not be encoded")
+        )
+
+
+def _reply_id(reply: dict[str, object]) -> int | None:
+    request_id = reply.get("id")
+    return request_id if isinstance(request_id, int) else None
 
 
 class _Fatal:
@@ -96,6 +125,7 @@ class AgentConnection(asyncio.Protocol):
             return
         self.last_seen = self.server.loop.time()
         replies: list[bytes] = []
+        decoded = 0
         try:
             self.decoder.feed(data)
         except FrameError as err:
@@ -108,12 +138,17 @@ class AgentConnection(asyncio.Protocol):
                 break
             if message is None:
                 break
+            decoded += 1
             try:
                 item: Item = parse_request(message)
             except RequestError as err:
                 item = error_reply(err.request_id, err.code, str(err))
             self._enqueue(item, replies)
         self._flush(replies)
+        if decoded:
+            # The deadline bounds how long one frame stays unfinished, so it
+            # restarts whenever a frame completes.
+            self._cancel_deadline()
         if self.decoder.pending_bytes and not self.closing:
             self._arm_deadline()
         else:
@@ -130,16 +165,16 @@ class AgentConnection(asyncio.Protocol):
     def _process(self, item: Item, replies: list[bytes]) -> None:
         """Answer ``item`` now if possible; otherwise start the slow path."""
         if isinstance(item, _Fatal):
-            replies.append(encode_frame(item.reply))
+            replies.append(_encode(item.reply))
             self._flush(replies)
             self._close()
             return
         if isinstance(item, dict):
-            replies.append(encode_frame(item))
+            replies.append(_encode(item))
             return
         reply = self.agent.fast(item)
         if reply is not None:
-            replies.append(encode_frame(reply))
+            replies.append(_encode(reply))
             return
         self.busy = True
         task = self.server.loop.create_task(self._slow(item))
@@ -152,7 +187,7 @@ class AgentConnection(asyncio.Protocol):
         self.busy = False
         if self.closing:
             return
-        replies = [encode_frame(reply)]
+        replies = [_encode(reply)]
         while self.queue and not self.busy and not self.closing:
             self._process(self.queue.popleft(), replies)
         self._flush(replies)

@@ -260,15 +260,25 @@ class Agent:
                 if quick is not None:
                     return quick
             provider, key = req.provider or "", req.key or ""
-            if op is Op.STORE:
-                assert req.value is not None
-                await self._run(self.backend.store, provider, key, req.value)
-                self.cache.put((provider, key), req.value)
-                return ok_reply(req.id)
-            if op is Op.DELETE:
-                deleted = await self._run(self.backend.delete, provider, key)
-                self.cache.put((provider, key), None)
-                return ok_reply(req.id, deleted=bool(deleted))
+            if op in (Op.STORE, Op.DELETE):
+                # A write merges what other processes wrote to the file and
+                # then records our own stamp: reload, or their changes would
+                # hide behind it.
+                stale = self.file is not None and await self._run(
+                    self.file.changed_since_last_access
+                )
+                if op is Op.STORE:
+                    assert req.value is not None
+                    await self._run(self.backend.store, provider, key, req.value)
+                    self.cache.put((provider, key), req.value)
+                    reply = ok_reply(req.id)
+                else:
+                    deleted = await self._run(self.backend.delete, provider, key)
+                    self.cache.put((provider, key), None)
+                    reply = ok_reply(req.id, deleted=bool(deleted))
+                if stale:
+                    await self._run(self._reload)
+                return reply
             if op in (Op.RETRIEVE, Op.EXISTS):
                 value = await self._run(self.backend.retrieve, provider, key)
                 self.cache.put((provider, key), value)
