@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import (
     CredentialBadPassphraseError,
@@ -26,6 +26,10 @@ from .errors import (
     CredentialValidationError,
 )
 from .paths import SOCKET_VARIABLE, socket_path
+
+if TYPE_CHECKING:
+    from .client.sync import AgentClient
+    from .storage import CredentialStorage
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -54,7 +58,7 @@ class Cli:
         self.stderr = stderr
         self.socket = Path(args.socket) if args.socket else socket_path()
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> AgentClient:
         from .client.sync import AgentClient
 
         return AgentClient(self.socket, timeout=self.args.timeout)
@@ -100,6 +104,7 @@ class Cli:
             config_dir=Path(a.config_dir) if a.config_dir else None,
             unlock_delay_cap=a.unlock_delay_cap,
             read_deadline=a.read_deadline,
+            audit_log=_audit_path(a.audit_log),
         )
         return run(options)
 
@@ -305,7 +310,157 @@ class Cli:
             self.stderr.write(f"enable it with:\n  {files.enable_command}\n")
         return EXIT_OK
 
-    def _with_unlock(self, client, action: Callable[[], Any]) -> Any:  # type: ignore[no-untyped-def]
+    def cmd_exec(self) -> int:
+        from . import secret_env
+
+        argv = list(self.args.argv)
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if not argv:
+            raise CredentialValidationError(
+                "exec needs a command: modelforge-agent exec -- CMD [ARGS...]"
+            )
+        overrides = [secret_env.parse_env_option(option) for option in self.args.env]
+        with self.client() as client:
+            names = self._with_unlock(client, lambda: client.list_keys())
+            bindings = secret_env.plan(
+                names, self.args.provider, overrides, skip_missing=self.args.skip_missing
+            )
+            values = secret_env.resolve(
+                bindings, client.retrieve, skip_missing=self.args.skip_missing
+            )
+        env = dict(os.environ)
+        env.update(values)
+        if self.args.mask:
+            return secret_env.run_masked(argv, env, values.values())
+        self.stdout.flush()
+        self.stderr.flush()
+        secret_env.exec_replace(argv, env)
+        return EXIT_UNAVAILABLE  # pragma: no cover - exec does not return
+
+    def _migration_storage(self) -> CredentialStorage:
+        from .manager import default_storage
+
+        return default_storage()
+
+    def cmd_migrate(self) -> int:
+        from .migrate import CredentialMigrator
+
+        configs = [Path(p) for p in self.args.config] or [
+            p
+            for p in (
+                Path.home() / ".config" / "model-forge" / "config.json",
+                Path.cwd() / ".model-forge" / "config.json",
+            )
+            if p.exists()
+        ]
+        if self.args.from_keyring:
+            return self._migrate_from_keyring(configs)
+        if not configs:
+            self.stderr.write(
+                "no model-forge config found (~/.config/model-forge/config.json or "
+                "./.model-forge/config.json); pass --config PATH\n"
+            )
+            return EXIT_NOT_FOUND
+        storage = self._migration_storage()
+        for config in configs:
+            migrator = CredentialMigrator(config, storage)
+            quoted = shlex.quote(str(config))
+            if self.args.rollback:
+                counts = migrator.rollback()
+                self.stdout.write(f"{config}: put back {_counts(counts)}\n")
+                continue
+            if self.args.confirm:
+                removed = migrator.confirm()
+                done = "removed the plain-text backup" if removed else "no backup to remove"
+                self.stdout.write(f"{config}: {done}\n")
+                continue
+            plan = migrator.plan()
+            counts = migrator.migrate_credentials(
+                dry_run=self.args.dry_run, overwrite=self.args.overwrite
+            )
+            if not counts:
+                self.stdout.write(f"{config}: no secrets to migrate\n")
+                continue
+            verb = "would move" if self.args.dry_run else "moved"
+            for provider, keys in plan.items():
+                self.stdout.write(f"{config}: {verb} {provider}: {', '.join(keys)}\n")
+            if not self.args.dry_run:
+                self.stdout.write(
+                    f"  backup with the old secrets: {migrator.backup_path} (0600)\n"
+                    f"  undo:    modelforge-agent migrate --rollback --config {quoted}\n"
+                    f"  confirm: modelforge-agent migrate --confirm --config {quoted} "
+                    "(deletes the backup)\n"
+                )
+        return EXIT_OK
+
+    def _migrate_from_keyring(self, configs: list[Path]) -> int:
+        from .backends.auto import system_keyring
+        from .migrate import LegacyKeyringImporter
+
+        providers = list(self.args.provider)
+        for config in configs:
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+                providers += [p for p in data.get("providers", {}) if p not in providers]
+            except (OSError, ValueError, AttributeError):
+                continue
+        if not providers:
+            raise CredentialValidationError(
+                "no provider names to look for: pass --provider NAME or --config PATH"
+            )
+        importer = LegacyKeyringImporter(system_keyring(), self._migration_storage())
+        counts = importer.import_credentials(providers, dry_run=self.args.dry_run)
+        verb = "would import" if self.args.dry_run else "imported"
+        self.stdout.write(f"{verb} from the old keyring layout: {_counts(counts) or 'nothing'}\n")
+        return EXIT_OK
+
+    def cmd_doctor(self) -> int:
+        from .doctor import diagnose, render
+
+        report = diagnose(self.socket, timeout=min(self.args.timeout, 3.0))
+        if self.args.json:
+            json.dump(report, self.stdout, indent=2, sort_keys=True)
+            self.stdout.write("\n")
+        else:
+            self.stdout.write(render(report))
+        return EXIT_OK if not report["problems"] else EXIT_UNAVAILABLE
+
+    def cmd_log(self) -> int:
+        from .daemon.audit import default_audit_path
+
+        path = Path(self.args.file) if self.args.file else None
+        if path is None:
+            try:
+                with self.client() as client:
+                    configured = client.status().get("audit_log")
+                path = Path(str(configured)) if configured else None
+            except CredentialStorageError:
+                path = None
+        path = path or default_audit_path()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            self.stderr.write(
+                f"no audit log at {path}; start the agent with `serve --audit-log` "
+                "(or MODEL_FORGE_AUDIT_LOG=1) to record one\n"
+            )
+            return EXIT_NOT_FOUND
+        for line in lines[-self.args.lines :] if self.args.lines else lines:
+            if self.args.json:
+                self.stdout.write(line + "\n")
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            self.stdout.write(
+                f"{e.get('time')} pid={e.get('pid')} uid={e.get('uid')} {e.get('exe') or '-'} "
+                f"{e.get('op')} {e.get('provider') or ''}/{e.get('key') or ''} {e.get('result')}\n"
+            )
+        return EXIT_OK
+
+    def _with_unlock(self, client: AgentClient, action: Callable[[], Any]) -> Any:
         try:
             return action()
         except CredentialLockedError:
@@ -314,6 +469,22 @@ class Cli:
             self.stderr.write("The agent is locked.\n")
             client.unlock(self.read_secret("Passphrase: "))
             return action()
+
+
+def _audit_path(option: str | None) -> Path | None:
+    """``--audit-log [PATH]``, else ``MODEL_FORGE_AUDIT_LOG`` (a path, or 1)."""
+    value = option if option is not None else os.environ.get("MODEL_FORGE_AUDIT_LOG")
+    if value is None or value.lower() in {"0", "off", "no"}:
+        return None
+    if value in {"", "1", "on", "yes"}:
+        from .daemon.audit import default_audit_path
+
+        return default_audit_path()
+    return Path(value)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{provider} ({n})" for provider, n in counts.items())
 
 
 def _process_running(pid: int) -> bool:
@@ -390,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds a client may take to finish a frame",
     )
+    serve.add_argument(
+        "--audit-log",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="record an access log (default path: the state dir; or MODEL_FORGE_AUDIT_LOG)",
+    )
 
     start = add(
         "start", "start the agent in the background if needed; print shell commands for eval"
@@ -422,6 +601,68 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--config-dir", default=None, help="when no agent runs: the file's directory"
     )
+    run = add("exec", "run a command with secrets in its environment only")
+    run.add_argument(
+        "-p",
+        "--provider",
+        action="append",
+        default=[],
+        help="provider whose secrets to inject (default: every stored one)",
+    )
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="VAR=PROVIDER/KEY",
+        help="set VAR from a credential (overrides the built-in names)",
+    )
+    run.add_argument(
+        "--skip-missing", action="store_true", help="leave out missing secrets instead of failing"
+    )
+    run.add_argument(
+        "--mask", action="store_true", help="replace secret values in the command's output with ***"
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    migrate = add("migrate", "move secrets out of model-forge config files into the agent")
+    migrate.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="config file (default: the global and the local one)",
+    )
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="show what would move; change nothing"
+    )
+    migrate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let the config's values replace different ones already stored",
+    )
+    action = migrate.add_mutually_exclusive_group()
+    action.add_argument(
+        "--rollback", action="store_true", help="restore the config from its backup"
+    )
+    action.add_argument("--confirm", action="store_true", help="delete the plain-text backup")
+    action.add_argument(
+        "--from-keyring", action="store_true", help="import model-forge's older keyring layout"
+    )
+    migrate.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        help="with --from-keyring: provider names to look for",
+    )
+
+    doctor = add("doctor", "check backends, socket and agent; say how to fix each problem")
+    doctor.add_argument("--json", action="store_true")
+
+    audit = add("log", "show the agent's access log (names only, never values)")
+    audit.add_argument("-n", "--lines", type=int, default=50, help="last N entries (0: all)")
+    audit.add_argument("--file", default=None, help="log file (default: the running agent's)")
+    audit.add_argument("--json", action="store_true", help="raw JSON lines")
+
     install = add(
         "install-service", "write the systemd user units (or launchd plist) for this user"
     )

@@ -84,12 +84,14 @@ class CredentialMigrator:
         found = _secrets(self._load(self.old_config_path.read_bytes()))
         return {provider: sorted(keys) for provider, keys in found.items()}
 
-    def migrate_credentials(self, dry_run: bool = False) -> dict[str, int]:
+    def migrate_credentials(self, dry_run: bool = False, overwrite: bool = False) -> dict[str, int]:
         """Migrate; returns provider -> number of credentials moved.
 
         With ``dry_run`` nothing is written anywhere and the counts say what
         would move. A config without secrets (e.g. already migrated) gives
-        ``{}``.
+        ``{}``. A store that already holds a *different* value for one of
+        the names stops the migration before anything is written (the newer
+        secret may be the one in the store), unless ``overwrite``.
         """
         if not self.old_config_path.exists():
             return {}
@@ -99,6 +101,8 @@ class CredentialMigrator:
         counts = {provider: len(keys) for provider, keys in found.items()}
         if dry_run or not found:
             return counts
+        if not overwrite:
+            _check_conflicts(self.new_storage, found)
 
         mode = self._target.stat().st_mode & 0o777
         write_atomic(self.backup_path, raw, mode=0o600)
@@ -202,6 +206,23 @@ def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _check_conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> None:
+    conflicts = [
+        f"{provider}/{key}"
+        for provider, keys in found.items()
+        for key, value in _encode_all(keys).items()
+        if key != JSON_KEYS_KEY and storage.retrieve(provider, key) not in (None, value)
+    ]
+    if conflicts:
+        raise MigrationError(
+            "the credential store already holds different values for "
+            + ", ".join(conflicts)
+            + "; nothing was changed. Keep the right ones: delete the stale store entries "
+            "(`modelforge-agent delete PROVIDER KEY`) or re-run with --overwrite to let "
+            "the config's values win"
+        )
+
+
 def _encode_all(keys: dict[str, Any]) -> dict[str, str]:
     encoded: dict[str, str] = {}
     json_keys = []
@@ -238,3 +259,65 @@ def _dump(config: dict[str, Any], original: bytes) -> bytes:
     indent = len(match.group(1)) if match else None
     text = json.dumps(config, indent=indent, ensure_ascii=False)
     return (text + ("\n" if original.endswith(b"\n") else "")).encode("utf-8")
+
+
+class LegacyKeyringImporter:
+    """Imports model-forge's older keyring layout into ``new_storage``.
+
+    That layout kept, per provider, the API key under service ``<provider>``
+    and username ``<provider>_user``, and a device-flow token response as a
+    JSON string under username ``token_info``. Each value is stored, read
+    back and compared, and only then deleted from the old place, so exactly
+    one authoritative copy exists at every step.
+    """
+
+    def __init__(self, legacy: Any, new_storage: CredentialStorage) -> None:
+        self.legacy = legacy
+        self.new_storage = new_storage
+
+    def found(self, providers: list[str]) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for provider in providers:
+            values: dict[str, Any] = {}
+            api_key = self.legacy.get_password(provider, f"{provider}_user")
+            if api_key is not None:
+                values["api_key"] = api_key
+            token_info = self.legacy.get_password(provider, "token_info")
+            if token_info is not None:
+                try:
+                    token = json.loads(token_info)
+                except ValueError:
+                    token = None
+                if not isinstance(token, dict):
+                    raise MigrationError(
+                        f"the keyring's token_info for {provider!r} is not a JSON object; "
+                        "nothing was imported for it. Log in again with model-forge"
+                    )
+                values.update(token)
+            if values:
+                result[provider] = values
+        return result
+
+    def import_credentials(self, providers: list[str], dry_run: bool = False) -> dict[str, int]:
+        found = self.found(providers)
+        counts = {provider: len(values) for provider, values in found.items()}
+        if dry_run:
+            return counts
+        for provider, values in found.items():
+            encoded = _encode_all(values)
+            for key, value in encoded.items():
+                self.new_storage.store(provider, key, value)
+            for key, value in encoded.items():
+                if self.new_storage.retrieve(provider, key) != value:
+                    raise MigrationError(
+                        f"credential {provider}/{key} did not read back as stored; the old "
+                        "keyring items were kept. Check the backend and re-run"
+                    )
+            from keyring.errors import PasswordDeleteError
+
+            for username in (f"{provider}_user", "token_info"):
+                try:
+                    self.legacy.delete_password(provider, username)
+                except PasswordDeleteError:
+                    pass  # absent: a provider has one of the two, rarely both
+        return counts

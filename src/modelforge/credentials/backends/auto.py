@@ -40,22 +40,42 @@ class Selection:
     reason: str
 
 
+def _ours(kr: object) -> bool:
+    return type(kr).__module__.startswith("modelforge.")
+
+
+def system_keyring() -> Any:
+    """The keyring backend a :class:`KeyringStorage` should use.
+
+    keyring's own choice, except when that is this package's agent-backed
+    plugin: storing through it would loop back into the agent, so the best
+    other viable backend stands in.
+    """
+    import keyring
+    from keyring.backend import by_priority, get_all_keyring
+
+    kr = keyring.get_keyring()
+    if not _ours(kr):
+        return kr
+    others = [b for b in get_all_keyring() if not _ours(b)]
+    from keyring.backends import fail
+
+    return max(others, key=by_priority, default=fail.Keyring())  # type: ignore[no-untyped-call]
+
+
 def keyring_usable() -> tuple[bool, str]:
     """Whether ``keyring`` found a real backend, and why (no item is touched)."""
     try:
-        import keyring
         from keyring.backends import chainer, fail, null
     except Exception as err:  # pragma: no cover - keyring is a dependency
         return False, f"the keyring package cannot be imported ({type(err).__name__})"
     try:
-        kr = keyring.get_keyring()
+        kr = system_keyring()
     except Exception as err:
         return False, f"keyring failed to initialise ({type(err).__name__})"
     kind = f"{type(kr).__module__}.{type(kr).__qualname__}"
     if isinstance(kr, fail.Keyring | null.Keyring):
         return False, f"keyring has no usable backend ({kind})"
-    if type(kr).__module__.startswith("modelforge."):
-        return False, "keyring is routed to this agent itself; the agent cannot store in itself"
     if isinstance(kr, chainer.ChainerBackend):
         if not kr.backends:
             return False, "keyring's backend chain is empty (no Secret Service or Keychain)"
@@ -101,7 +121,7 @@ def select_backend(
     if ok:
         from .system_keyring import KeyringStorage
 
-        return Selection(KeyringStorage(), f"auto: {why}")
+        return Selection(KeyringStorage(system_keyring()), f"auto: {why}")
     tried.append(f"keyring: {why}")
     ok, why = file_usable(directory)
     if ok:
@@ -134,7 +154,7 @@ def _forced(
             )
         from .system_keyring import KeyringStorage
 
-        return Selection(KeyringStorage(), reason)
+        return Selection(KeyringStorage(system_keyring()), reason)
     if choice == "encrypted-file":
         return Selection(EncryptedFileStorage(directory, passphrase=passphrase), reason)
     return Selection(EnvVarStorage(env), reason)

@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -185,7 +185,8 @@ class Envelope:
             ) from None
 
     def _wrap_aad(self) -> bytes:
-        return MAGIC + msgpack.packb([self.protection, self.kdf.to_header(), self.salt])
+        packed: bytes = msgpack.packb([self.protection, self.kdf.to_header(), self.salt])
+        return MAGIC + packed
 
     @classmethod
     def seal(
@@ -202,7 +203,7 @@ Credentials = dict[str, dict[str, str]]
 
 def encode(envelope: Envelope, data_key: bytes, credentials: Credentials) -> bytes:
     nonce = os.urandom(NONCE_SIZE)
-    header = msgpack.packb(
+    header: bytes = msgpack.packb(
         {
             "protection": envelope.protection,
             "kdf": envelope.kdf.to_header(),
@@ -215,7 +216,8 @@ def encode(envelope: Envelope, data_key: bytes, credentials: Credentials) -> byt
     )
     head = _PREFIX.pack(MAGIC, VERSION, len(header)) + header
     head += hashlib.sha256(head).digest()
-    body = AESGCM(data_key).encrypt(nonce, msgpack.packb(credentials, use_bin_type=True), head)
+    plain: bytes = msgpack.packb(credentials, use_bin_type=True)
+    body = AESGCM(data_key).encrypt(nonce, plain, head)
     return head + body
 
 

@@ -33,6 +33,7 @@ from ..protocol import (
     error_reply,
     parse_request,
 )
+from .audit import AuditLog
 from .state import Agent
 
 log = logging.getLogger("modelforge.agent")
@@ -40,17 +41,18 @@ log = logging.getLogger("modelforge.agent")
 MAX_QUEUED = 1024
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The connecting process's uid from the kernel (never from the client)."""
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """The connecting process's (pid, uid) from the kernel, never from the client."""
     if sys.platform.startswith("linux"):
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", creds)[1])
+        pid, uid, _ = struct.unpack("3i", creds)
+        return int(pid), int(uid)
     if sys.platform == "darwin" or "bsd" in sys.platform:
         # struct xucred { u_int cr_version; uid_t cr_uid; ... } via LOCAL_PEERCRED.
         local_peercred = 0x001
         creds = sock.getsockopt(0, local_peercred, 76)
-        return int(struct.unpack_from("=I", creds, 4)[0])
-    return None
+        return None, int(struct.unpack_from("=I", creds, 4)[0])
+    return None, None
 
 
 def _encode(reply: dict[str, object]) -> bytes:
@@ -101,12 +103,16 @@ class AgentConnection(asyncio.Protocol):
         self.closing = False
         self.last_seen = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self.peer_pid: int | None = None
+        self.peer_uid: int | None = None
+        self._peer_exe: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
+        pid, uid = peer_credentials(sock) if sock is not None else (None, None)
+        self.peer_pid, self.peer_uid = pid, uid
         if uid is None or uid not in self.server.allowed_uids:
             log.warning("refused a connection from uid %s", uid)
             self.closing = True
@@ -174,6 +180,8 @@ class AgentConnection(asyncio.Protocol):
             return
         reply = self.agent.fast(item)
         if reply is not None:
+            if self.server.audit is not None:
+                self._audit(item, reply)
             replies.append(_encode(reply))
             return
         self.busy = True
@@ -184,6 +192,8 @@ class AgentConnection(asyncio.Protocol):
     async def _slow(self, req: Request) -> None:
         reply = await self.agent.slow(req)
         self.server.wake_timers()
+        if self.server.audit is not None:
+            self._audit(req, reply)
         self.busy = False
         if self.closing:
             return
@@ -193,6 +203,14 @@ class AgentConnection(asyncio.Protocol):
         self._flush(replies)
         if self.transport is not None and len(self.queue) <= MAX_QUEUED and not self.closing:
             self.transport.resume_reading()
+
+    def _audit(self, req: Request, reply: dict[str, object]) -> None:
+        assert self.server.audit is not None
+        if self._peer_exe is None:
+            from .audit import peer_exe
+
+            self._peer_exe = peer_exe(self.peer_pid) or ""
+        self.server.audit.record(req, reply, self.peer_pid, self.peer_uid, self._peer_exe or None)
 
     def _flush(self, replies: list[bytes]) -> None:
         if replies and self.transport is not None and not self.closing:
@@ -237,7 +255,9 @@ class AgentServer:
         max_connections: int = 256,
         read_deadline: float = 10.0,
         allowed_uids: frozenset[int] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.audit = audit
         self.agent = agent
         self.max_connections = max_connections
         self.read_deadline = read_deadline
@@ -305,3 +325,5 @@ class AgentServer:
         for task in list(self.tasks):
             task.cancel()
         self.agent.close()
+        if self.audit is not None:
+            self.audit.close()

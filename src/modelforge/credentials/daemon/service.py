@@ -36,6 +36,7 @@ class ServeOptions:
     unlock_delay_cap: float = 10.0
     read_deadline: float = 10.0
     max_connections: int = 256
+    audit_log: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,8 +107,17 @@ async def serve(options: ServeOptions) -> int:
         )
         agent = Agent(backend, config)
         await agent.start()
+        audit = None
+        if options.audit_log is not None:
+            from .audit import AuditLog
+
+            audit = AuditLog(options.audit_log)
+            config.audit_log = str(options.audit_log)
         server = AgentServer(
-            agent, read_deadline=options.read_deadline, max_connections=options.max_connections
+            agent,
+            read_deadline=options.read_deadline,
+            max_connections=options.max_connections,
+            audit=audit,
         )
         await server.start(sock)
     except BaseException:

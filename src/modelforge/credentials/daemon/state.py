@@ -65,6 +65,7 @@ class AgentConfig:
     started_by: str = "manual"
     reason: str = ""
     socket: str = ""
+    audit_log: str | None = None
 
 
 class Cache:
@@ -406,6 +407,8 @@ class Agent:
             info["path"] = str(self.file.path)
         if self.cache.ttl is not None:
             info["cache_ttl"] = self.cache.ttl
+        if self.config.audit_log:
+            info["audit_log"] = self.config.audit_log
         return info
 
 

@@ -1,0 +1,170 @@
+"""``modelforge-agent doctor``: what works, what does not, and the fix for each."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import CredentialStorageError
+
+
+def _problem(report: dict[str, Any], what: str, fix: str) -> None:
+    report["problems"].append({"problem": what, "fix": fix})
+
+
+def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
+    from .backends.auto import BACKEND_VARIABLE, file_usable, keyring_usable, select_backend
+    from .backends.encrypted_file import CREDENTIALS_FILE, default_config_dir
+    from .backends.env import EnvVarStorage
+
+    report: dict[str, Any] = {"problems": [], "backends": {}}
+
+    bus = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    ok, why = keyring_usable()
+    keyring_info: dict[str, Any] = {"usable": ok, "detail": why, "dbus_session": bool(bus)}
+    if not ok and not bus and os.name == "posix" and not _is_macos():
+        keyring_info["detail"] = f"{why}; no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
+    report["backends"]["keyring"] = keyring_info
+
+    config_dir = default_config_dir()
+    ok, why = file_usable(config_dir)
+    path = config_dir / CREDENTIALS_FILE
+    file_info: dict[str, Any] = {
+        "usable": ok,
+        "detail": why,
+        "path": str(path),
+        "exists": path.exists(),
+    }
+    if path.exists():
+        file_info["mode"] = f"{stat.S_IMODE(path.stat().st_mode):o}"
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            _problem(report, f"{path} is readable by others", f"chmod 600 {path}")
+        try:
+            from .backends.encrypted_file import EncryptedFileStorage
+
+            file_info["protection"] = EncryptedFileStorage(config_dir).protection
+            if file_info["protection"] == "keyfile":
+                _problem(
+                    report,
+                    "the encrypted file is protected by a key file beside it "
+                    "(that stops casual reading only)",
+                    "set a passphrase: modelforge-agent passwd",
+                )
+        except CredentialStorageError as err:
+            file_info["error"] = str(err)
+            _problem(
+                report,
+                f"the encrypted file cannot be read: {err}",
+                "see the message; restore the .bak file if damaged",
+            )
+    if config_dir.exists() and stat.S_IMODE(config_dir.stat().st_mode) & 0o077:
+        _problem(report, f"{config_dir} is open to group or others", f"chmod 700 {config_dir}")
+    if not ok:
+        _problem(
+            report,
+            f"the encrypted file cannot be used: {why}",
+            "set MODEL_FORGE_CONFIG_DIR to a writable directory",
+        )
+    report["backends"]["encrypted-file"] = file_info
+
+    env_names = EnvVarStorage().list_keys()
+    report["backends"]["env"] = {"usable": bool(env_names), "variables": len(env_names)}
+
+    try:
+        selection = select_backend()
+        report["selected"] = {
+            "backend": getattr(selection.storage, "name", "?"),
+            "reason": selection.reason,
+        }
+    except CredentialStorageError as err:
+        report["selected"] = None
+        _problem(
+            report,
+            f"no backend is usable: {err}",
+            "install a keyring, or set MODEL_FORGE_CONFIG_DIR",
+        )
+    report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
+
+    report["socket"] = _socket_report(report, socket_path, timeout)
+    return report
+
+
+def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) -> dict[str, Any]:
+    from .client.sync import AgentClient
+    from .daemon.runtime import AgentRuntimeError, check_private_dir
+
+    info: dict[str, Any] = {"path": str(socket_path), "directory_ok": None, "agent": None}
+    directory = socket_path.parent
+    if directory.exists() or directory.is_symlink():
+        try:
+            check_private_dir(directory, create=False)
+            info["directory_ok"] = True
+        except AgentRuntimeError as err:
+            info["directory_ok"] = False
+            _problem(report, str(err).split(";")[0], str(err).split(";", 1)[-1].strip())
+    try:
+        with AgentClient(socket_path, timeout=timeout) as client:
+            status = client.status()
+        info["agent"] = {
+            k: status.get(k)
+            for k in ("pid", "started_by", "backend", "reason", "protection", "locked", "version")
+        }
+        if socket_path.exists():
+            mode = stat.S_IMODE(socket_path.stat().st_mode)
+            info["mode"] = f"{mode:o}"
+    except CredentialStorageError as err:
+        info["error"] = str(err)
+        if info["directory_ok"] is not False:
+            _problem(
+                report,
+                "no agent answers on the socket",
+                'start one: eval "$(modelforge-agent start)"',
+            )
+    return info
+
+
+def _is_macos() -> bool:
+    import sys
+
+    return sys.platform == "darwin"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = []
+    for name, info in report["backends"].items():
+        mark = "ok " if info.get("usable") else "-- "
+        detail = info.get("detail") or (
+            f"{info.get('variables')} variables" if name == "env" else ""
+        )
+        extra = f", protection {info['protection']}" if info.get("protection") else ""
+        lines.append(f"{mark}{name:15} {detail}{extra}")
+    selected = report.get("selected")
+    lines.append(
+        f"selected:          {selected['backend']} ({selected['reason']})"
+        if selected
+        else "selected:          none"
+    )
+    sock = report["socket"]
+    lines.append(
+        f"socket:            {sock['path']}"
+        + (f" (mode {sock['mode']})" if sock.get("mode") else "")
+    )
+    agent = sock.get("agent")
+    if agent:
+        lines.append(
+            f"agent:             pid {agent['pid']}, started by {agent['started_by']}, "
+            f"backend {agent['backend']}, {'locked' if agent['locked'] else 'unlocked'}"
+        )
+    else:
+        lines.append("agent:             not running")
+    if report["problems"]:
+        lines.append("")
+        lines.append("problems:")
+        for item in report["problems"]:
+            lines.append(f"  - {item['problem']}")
+            lines.append(f"    fix: {item['fix']}")
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,227 @@
+"""Secrets into a command's environment (``modelforge-agent exec``).
+
+Which variables a provider's credentials fill, by default:
+
+- every provider: ``api_key`` -> ``MODELFORGE_<PROVIDER>_API_KEY`` and
+  ``access_token`` -> ``MODELFORGE_<PROVIDER>_ACCESS_TOKEN`` (what model-forge
+  reads; provider upper-cased, ``-`` and ``.`` as ``_``);
+- well-known SDK variables: ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
+  ``GOOGLE_API_KEY`` and ``GEMINI_API_KEY``, ``OPENROUTER_API_KEY``, ...
+
+``--env VAR=PROVIDER/KEY`` adds or overrides a variable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import CredentialNotFoundError, CredentialValidationError
+
+WELL_KNOWN: dict[str, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "google": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "mistral": ("MISTRAL_API_KEY",),
+    "groq": ("GROQ_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+}
+MODELFORGE_KEYS = ("api_key", "access_token")
+
+
+def _env_part(name: str) -> str:
+    return name.upper().replace("-", "_").replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Binding:
+    variable: str
+    provider: str
+    key: str
+    required: bool
+
+
+def default_bindings(provider: str, keys: Iterable[str]) -> list[Binding]:
+    """Variables filled by ``provider``'s stored ``keys`` (names only)."""
+    present = set(keys)
+    bindings = []
+    for key in MODELFORGE_KEYS:
+        if key in present:
+            variable = f"MODELFORGE_{_env_part(provider)}_{_env_part(key)}"
+            bindings.append(Binding(variable, provider, key, required=False))
+    if "api_key" in present:
+        for variable in WELL_KNOWN.get(provider.lower(), ()):
+            bindings.append(Binding(variable, provider, "api_key", required=False))
+    return bindings
+
+
+def parse_env_option(option: str) -> Binding:
+    variable, sep, target = option.partition("=")
+    provider, slash, key = target.rpartition("/")
+    if not sep or not slash or not variable or not provider or not key:
+        raise CredentialValidationError(
+            f"--env expects VAR=PROVIDER/KEY, e.g. OPENAI_API_KEY=openai/api_key (got {option!r})"
+        )
+    if not variable.replace("_", "").isalnum() or variable[0].isdigit():
+        raise CredentialValidationError(f"{variable!r} is not a valid environment variable name")
+    return Binding(variable, provider, key, required=True)
+
+
+def plan(
+    names: list[tuple[str, str]],
+    providers: list[str],
+    overrides: list[Binding],
+    *,
+    skip_missing: bool,
+) -> list[Binding]:
+    """Bindings for ``providers`` (all stored ones when empty) plus overrides.
+
+    Raises :class:`CredentialNotFoundError` for a named provider without any
+    credential, unless ``skip_missing``.
+    """
+    by_provider: dict[str, list[str]] = {}
+    for provider, key in names:
+        by_provider.setdefault(provider, []).append(key)
+    chosen = providers or sorted(by_provider)
+    bindings: dict[str, Binding] = {}
+    for provider in chosen:
+        found = default_bindings(provider, by_provider.get(provider, ()))
+        if not found and providers and not skip_missing:
+            raise CredentialNotFoundError(
+                f"provider {provider!r} has no api_key or access_token stored; store one "
+                f"with `modelforge-agent set {provider} api_key`, or pass --skip-missing"
+            )
+        for binding in found:
+            bindings.setdefault(binding.variable, binding)
+    for binding in overrides:
+        bindings[binding.variable] = binding
+    return list(bindings.values())
+
+
+def resolve(
+    bindings: list[Binding], fetch: Callable[[str, str], str | None], *, skip_missing: bool
+) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for binding in bindings:
+        value = fetch(binding.provider, binding.key)
+        if value is None:
+            if skip_missing or not binding.required:
+                continue
+            raise CredentialNotFoundError(
+                f"{binding.variable}: no credential {binding.key!r} for provider "
+                f"{binding.provider!r}; store it with `modelforge-agent set "
+                f"{binding.provider} {binding.key}`, or pass --skip-missing"
+            )
+        if "\0" in value:
+            raise CredentialValidationError(
+                f"{binding.variable}: the stored value contains a NUL character, which an "
+                "environment variable cannot hold"
+            )
+        values[binding.variable] = value
+    return values
+
+
+def exec_replace(argv: list[str], env: Mapping[str, str]) -> None:
+    """Become ``argv``: exit status, signals and stdio are the command's own."""
+    try:
+        os.execvpe(argv[0], argv, dict(env))
+    except FileNotFoundError:
+        raise CredentialValidationError(
+            f"command not found: {argv[0]!r}; check its name and PATH"
+        ) from None
+    except PermissionError:
+        raise CredentialValidationError(f"command not executable: {argv[0]!r}") from None
+
+
+class Masker:
+    """Replaces secrets in a byte stream with ``***``, across chunk borders."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.needles = sorted({s.encode() for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.keep = max((len(n) for n in self.needles), default=1) - 1
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._mask(self.pending + chunk)
+        if self.keep and len(data) > self.keep:
+            self.pending = data[-self.keep :]
+            return data[: -self.keep]
+        if self.keep:
+            self.pending = data
+            return b""
+        return data
+
+    def flush(self) -> bytes:
+        data, self.pending = self._mask(self.pending), b""
+        return data
+
+    def _mask(self, data: bytes) -> bytes:
+        for needle in self.needles:
+            data = data.replace(needle, b"***")
+        return data
+
+
+def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) -> int:
+    """Run ``argv`` with its stdout/stderr filtered; returns the exit status.
+
+    Signals the wrapper receives are forwarded; a command killed by a signal
+    makes the wrapper die of the same signal, so callers see what they would
+    have seen without it.
+    """
+    secrets = list(secrets)
+    try:
+        proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise CredentialValidationError(
+            f"command not found: {argv[0]!r}; check its name and PATH"
+        ) from None
+    forwarded = (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    )
+    previous = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in forwarded}
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(
+            target=_pump, args=(proc.stdout, sys.stdout.buffer, Masker(secrets)), daemon=True
+        ),
+        threading.Thread(
+            target=_pump, args=(proc.stderr, sys.stderr.buffer, Masker(secrets)), daemon=True
+        ),
+    ]
+    for pump in pumps:
+        pump.start()
+    while True:
+        try:
+            status = proc.wait()
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+    for pump in pumps:
+        pump.join()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def _pump(source: BinaryIO, sink: BinaryIO, masker: Masker) -> None:
+    while chunk := source.read1(65_536) if hasattr(source, "read1") else source.read(65_536):
+        sink.write(masker.feed(chunk))
+        sink.flush()
+    sink.write(masker.flush())
+    sink.flush()
