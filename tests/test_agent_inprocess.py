@@ -1139,3 +1139,36 @@ def test_errors_share_one_root() -> None:
         CredentialValidationError,
     ):
         assert issubclass(kind, CredentialStorageError)
+
+
+# -- a backend that stops answering ------------------------------------------------
+
+
+class StallingEnv(EnvVarStorage):
+    """Env backend whose ``stuck`` key blocks like a keyring waiting on a prompt."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        super().__init__(environ)
+        self.release = threading.Event()
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        if key == "stuck":
+            self.release.wait(30)
+        return super().retrieve(provider, key)
+
+
+async def test_a_stalled_backend_call_is_abandoned_and_the_agent_keeps_serving(
+    sock_dir: str,
+) -> None:
+    backend = StallingEnv({"MODEL_FORGE_OPENAI_API_KEY": "sk-env-stall"})
+    config = AgentConfig(backend_timeout=0.05, cache_ttl=0.0)
+    try:
+        async with serve(backend, config, sock_dir=sock_dir) as served:
+            async with AsyncAgentClient(served.path, timeout=10) as client:
+                with pytest.raises(CredentialStorageUnavailableError, match="did not answer"):
+                    await client.retrieve("openai", "stuck")
+                # The stuck thread was abandoned: the next backend call runs.
+                assert await client.retrieve("openai", "api_key") == "sk-env-stall"
+                assert (await client.status())["backend"] == "env"
+    finally:
+        backend.release.set()

@@ -345,3 +345,42 @@ def test_agent_reports_a_locked_collection_as_locked(
     assert "sk-before-locking" not in get.stdout + get.stderr
     with agent.client() as client:
         assert client.status()["backend"] == "keyring"  # still answering
+
+
+@pytest.fixture
+def silent_prompter(private_secret_service: SecretServiceSession) -> Iterator[None]:
+    """A desktop prompter that never answers: the user is away from the screen.
+
+    It owns gnome-keyring's prompter name on the private bus and reads
+    nothing, so an unlock prompt raised through it waits forever.
+    """
+    from jeepney.bus_messages import message_bus
+    from jeepney.io.blocking import open_dbus_connection
+
+    connection = open_dbus_connection(bus="SESSION")
+    reply = connection.send_and_get_reply(
+        message_bus.RequestName("org.gnome.keyring.SystemPrompter")
+    )
+    assert reply.body[0] == 1, "could not take the prompter's name"
+    yield
+    connection.close()
+
+
+def test_agent_keyring_never_waits_on_an_unanswered_unlock_prompt(
+    silent_prompter: None, start_agent: Callable[..., RunningAgent]
+) -> None:
+    KeyringStorage().store(PROVIDER, "api_key", "sk-before-locking")
+    lock_login_collection()
+
+    outcome = within_bound(
+        lambda: KeyringStorage(prompt=False).retrieve(PROVIDER, "api_key"), bound=10
+    )
+    assert isinstance(outcome.get("error"), CredentialLockedError), outcome
+
+    agent = start_agent(env={"MODEL_FORGE_BACKEND": "keyring"})
+    began = time.monotonic()
+    get = agent.cli("get", PROVIDER, "api_key")
+    assert time.monotonic() - began < 10
+    assert get.returncode == 3, get.stderr
+    with agent.client() as client:
+        assert client.status()["backend"] == "keyring"

@@ -102,8 +102,13 @@ def select_backend(
     config_dir: Path | str | None = None,
     passphrase: str | None = None,
     environ: Mapping[str, str] | None = None,
+    prompt: bool = True,
 ) -> Selection:
-    """Pick the backend to use, with the reason, or raise saying what to do."""
+    """Pick the backend to use, with the reason, or raise saying what to do.
+
+    ``prompt=False`` (the agent) makes a keyring backend refuse a locked
+    collection instead of raising an unlock prompt.
+    """
     env = os.environ if environ is None else environ
     directory = Path(config_dir) if config_dir is not None else default_config_dir()
     forced = env.get(BACKEND_VARIABLE, "").strip().lower()
@@ -114,14 +119,14 @@ def select_backend(
                 f"{BACKEND_VARIABLE}={forced!r} is not a backend; use keyring, "
                 "encrypted-file or env"
             )
-        return _forced(choice, directory, passphrase, env)
+        return _forced(choice, directory, passphrase, env, prompt)
 
     tried = []
     ok, why = keyring_usable()
     if ok:
         from .system_keyring import KeyringStorage
 
-        return Selection(KeyringStorage(system_keyring()), f"auto: {why}")
+        return Selection(KeyringStorage(system_keyring(), prompt=prompt), f"auto: {why}")
     tried.append(f"keyring: {why}")
     ok, why = file_usable(directory)
     if ok:
@@ -142,7 +147,7 @@ def select_backend(
 
 
 def _forced(
-    choice: str, directory: Path, passphrase: str | None, env: Mapping[str, str]
+    choice: str, directory: Path, passphrase: str | None, env: Mapping[str, str], prompt: bool
 ) -> Selection:
     reason = f"forced by {BACKEND_VARIABLE}={choice}"
     if choice == "keyring":
@@ -154,7 +159,7 @@ def _forced(
             )
         from .system_keyring import KeyringStorage
 
-        return Selection(KeyringStorage(system_keyring()), reason)
+        return Selection(KeyringStorage(system_keyring(), prompt=prompt), reason)
     if choice == "encrypted-file":
         return Selection(EncryptedFileStorage(directory, passphrase=passphrase), reason)
     return Selection(EnvVarStorage(env), reason)

@@ -38,12 +38,21 @@ def service_name(provider: str, key: str) -> str:
 class KeyringStorage:
     """Keyring backend. ``backend`` pins a keyring backend instance; by
     default the one ``keyring`` selects (``PYTHON_KEYRING_BACKEND``,
-    keyringrc.cfg, or priority)."""
+    keyringrc.cfg, or priority).
+
+    With ``prompt=False`` a locked Secret Service collection raises
+    :class:`CredentialLockedError` at once instead of asking the desktop to
+    show an unlock prompt: keyring waits for a prompt's answer without any
+    time limit, and a daemon must not hang on a window nobody may see.
+    """
 
     name = "keyring"
 
-    def __init__(self, backend: keyring.backend.KeyringBackend | None = None) -> None:
+    def __init__(
+        self, backend: keyring.backend.KeyringBackend | None = None, *, prompt: bool = True
+    ) -> None:
         self._backend = backend
+        self.prompt = prompt
         self._index_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -118,9 +127,31 @@ class KeyringStorage:
                     json.dumps(sorted(names)),
                 )
 
+    def _refuse_if_locked(self) -> None:
+        kr = self.keyring
+        if type(kr).__module__ != "keyring.backends.SecretService":
+            return
+        import secretstorage
+
+        connection = secretstorage.dbus_init()
+        try:
+            preferred = getattr(kr, "preferred_collection", None)
+            collection = (
+                secretstorage.Collection(connection, preferred)
+                if preferred
+                else secretstorage.get_default_collection(connection)
+            )
+            locked = collection.is_locked()
+        finally:
+            connection.close()
+        if locked:
+            raise keyring.errors.KeyringLocked("collection locked")
+
     def _call(self, fn: Callable[..., T], *args: str) -> T:
         """Translate keyring's exceptions into ours, at this one point."""
         try:
+            if not self.prompt:
+                self._refuse_if_locked()
             return fn(*args)
         except keyring.errors.PasswordDeleteError as err:
             raise _Absent() from err

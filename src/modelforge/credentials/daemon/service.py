@@ -55,7 +55,7 @@ def select_agent_backend(config_dir: Path | None) -> tuple[CredentialStorage, st
     """The agent's own backend: never the agent itself."""
     from ..backends.auto import select_backend
 
-    selection = select_backend(config_dir=config_dir)
+    selection = select_backend(config_dir=config_dir, prompt=False)
     return selection.storage, selection.reason
 
 

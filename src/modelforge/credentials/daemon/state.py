@@ -26,6 +26,7 @@ from ..errors import (
     CredentialBadPassphraseError,
     CredentialLockedError,
     CredentialStorageError,
+    CredentialStorageUnavailableError,
 )
 from ..protocol import (
     BAD_PASSPHRASE,
@@ -62,6 +63,7 @@ class AgentConfig:
     cache_ttl: float | None = None  # None: per backend (keyring 10 s, file: on change)
     unlock_delay_base: float = 0.5
     unlock_delay_cap: float = 10.0
+    backend_timeout: float | None = 30.0  # per backend call; unlock's KDF included
     started_by: str = "manual"
     reason: str = ""
     socket: str = ""
@@ -375,7 +377,23 @@ class Agent:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        future = loop.run_in_executor(self.executor, fn, *args)
+        timeout = self.config.backend_timeout
+        if not timeout:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            # The worker is stuck (a keyring waiting on a prompt, a hung
+            # mount): abandon it so later requests are not queued behind it.
+            log.error("the backend did not answer within %.0f s; abandoning its thread", timeout)
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
+            raise CredentialStorageUnavailableError(
+                f"the {self.backend_name} backend did not answer within {timeout:.0f} s "
+                "(a keyring may be waiting on an unlock prompt); unlock it and retry, "
+                "or check the agent's log"
+            ) from None
 
     def _describe(self) -> dict[str, Any]:
         describe = getattr(self.backend, "describe", None)
