@@ -8,15 +8,11 @@ no-echo prompt or standard input, never from the command line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import (
     CredentialBadPassphraseError,
@@ -27,7 +23,13 @@ from .errors import (
 )
 from .paths import SOCKET_VARIABLE, socket_path
 
+# Start-up time is part of every `get`: typing, pathlib, json and shlex are
+# imported by the commands that need them, not here.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, TextIO
+
     from .client.sync import AgentClient
     from .storage import CredentialStorage
 
@@ -56,7 +58,7 @@ class Cli:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        self.socket = Path(args.socket) if args.socket else socket_path()
+        self.socket: str = args.socket or socket_path()
 
     def client(self) -> AgentClient:
         from .client.sync import AgentClient
@@ -90,6 +92,8 @@ class Cli:
     # -- commands --------------------------------------------------------------------
 
     def cmd_serve(self) -> int:
+        from pathlib import Path
+
         from .daemon.service import ServeOptions, run
 
         a = self.args
@@ -109,6 +113,9 @@ class Cli:
         return run(options)
 
     def cmd_start(self) -> int:
+        import shlex
+        from pathlib import Path
+
         from .client.autostart import spawn_agent
         from .client.sync import AgentNotRunningError
 
@@ -163,6 +170,8 @@ class Cli:
         return EXIT_OK
 
     def cmd_status(self) -> int:
+        import json
+
         with self.client() as client:
             status = client.status()
         if self.args.json:
@@ -210,6 +219,8 @@ class Cli:
         return EXIT_OK
 
     def cmd_get(self) -> int:
+        import shlex
+
         with self.client() as client:
             value = self._with_unlock(
                 client, lambda: client.retrieve(self.args.provider, self.args.key)
@@ -238,6 +249,8 @@ class Cli:
         return EXIT_OK if found else EXIT_NOT_FOUND
 
     def cmd_list(self) -> int:
+        import json
+
         with self.client() as client:
             items = self._with_unlock(client, lambda: client.list_keys(self.args.provider))
         if self.args.json:
@@ -249,6 +262,8 @@ class Cli:
         return EXIT_OK
 
     def cmd_passwd(self) -> int:
+        from pathlib import Path
+
         from .backends.encrypted_file import EncryptedFileStorage
         from .client.sync import AgentNotRunningError
 
@@ -283,12 +298,14 @@ class Cli:
         return EXIT_OK
 
     def cmd_install_service(self) -> int:
+        from pathlib import Path
+
         from .services import service_files
 
         platform = self.args.platform or sys.platform
         home = Path.home()
         config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-        files = service_files(platform, home, config_home, self.socket)
+        files = service_files(platform, home, config_home, Path(self.socket))
         for path, content in files.files.items():
             if self.args.print:
                 text = content.decode() if isinstance(content, bytes) else content
@@ -344,6 +361,9 @@ class Cli:
         return default_storage()
 
     def cmd_migrate(self) -> int:
+        import shlex
+        from pathlib import Path
+
         from .migrate import CredentialMigrator
 
         configs = [Path(p) for p in self.args.config] or [
@@ -395,6 +415,8 @@ class Cli:
         return EXIT_OK
 
     def _migrate_from_keyring(self, configs: list[Path]) -> int:
+        import json
+
         from .backends.auto import system_keyring
         from .migrate import LegacyKeyringImporter
 
@@ -416,9 +438,12 @@ class Cli:
         return EXIT_OK
 
     def cmd_doctor(self) -> int:
+        import json
+        from pathlib import Path
+
         from .doctor import diagnose, render
 
-        report = diagnose(self.socket, timeout=min(self.args.timeout, 3.0))
+        report = diagnose(Path(self.socket), timeout=min(self.args.timeout, 3.0))
         if self.args.json:
             json.dump(report, self.stdout, indent=2, sort_keys=True)
             self.stdout.write("\n")
@@ -427,6 +452,9 @@ class Cli:
         return EXIT_OK if not report["problems"] else EXIT_UNAVAILABLE
 
     def cmd_log(self) -> int:
+        import json
+        from pathlib import Path
+
         from .daemon.audit import default_audit_path
 
         path = Path(self.args.file) if self.args.file else None
@@ -473,6 +501,8 @@ class Cli:
 
 def _audit_path(option: str | None) -> Path | None:
     """``--audit-log [PATH]``, else ``MODEL_FORGE_AUDIT_LOG`` (a path, or 1)."""
+    from pathlib import Path
+
     value = option if option is not None else os.environ.get("MODEL_FORGE_AUDIT_LOG")
     if value is None or value.lower() in {"0", "off", "no"}:
         return None

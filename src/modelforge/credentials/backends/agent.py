@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..client.sync import AgentClient, AgentNotRunningError
@@ -23,15 +23,19 @@ class AgentStorage:
     name = "agent"
 
     def __init__(
-        self, path: Path | str | None = None, *, autostart: bool = True, timeout: float = 10.0
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        autostart: bool = True,
+        timeout: float = 10.0,
     ) -> None:
-        self.path = Path(path) if path is not None else socket_path()
+        self.path = os.fspath(path) if path is not None else socket_path()
         self.autostart = autostart
         self.timeout = timeout
         self._local = threading.local()
 
     def __repr__(self) -> str:
-        return f"AgentStorage({str(self.path)!r})"
+        return f"AgentStorage({self.path!r})"
 
     def _client(self) -> AgentClient:
         client: AgentClient | None = getattr(self._local, "client", None)

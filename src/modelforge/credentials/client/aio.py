@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from pathlib import Path
+import os
 from typing import Any
 
 from ..errors import (
@@ -32,8 +32,10 @@ from .sync import AgentNotRunningError, not_running_message
 
 
 class AsyncAgentClient:
-    def __init__(self, path: Path | str | None = None, *, timeout: float = 10.0) -> None:
-        self.path = Path(path) if path is not None else socket_path()
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+    ) -> None:
+        self.path = os.fspath(path) if path is not None else socket_path()
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -45,7 +47,7 @@ class AsyncAgentClient:
         self._failure: Exception | None = None
 
     def __repr__(self) -> str:
-        return f"AsyncAgentClient({str(self.path)!r})"
+        return f"AsyncAgentClient({self.path!r})"
 
     async def __aenter__(self) -> AsyncAgentClient:
         await self.connect()
@@ -59,7 +61,7 @@ class AsyncAgentClient:
             return
         try:
             self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path)), self.timeout
+                asyncio.open_unix_connection(self.path), self.timeout
             )
         except FileNotFoundError:
             raise AgentNotRunningError(not_running_message(self.path, "no socket")) from None

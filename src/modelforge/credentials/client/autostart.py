@@ -22,7 +22,7 @@ START_TIMEOUT = 15.0
 
 
 def agent_command(
-    socket: Path, started_by: str, ready_fd: int, extra: list[str] | None = None
+    socket: str | Path, started_by: str, ready_fd: int, extra: list[str] | None = None
 ) -> list[str]:
     return [
         sys.executable,
@@ -40,7 +40,7 @@ def agent_command(
 
 
 def spawn_agent(
-    socket: Path,
+    socket: str | Path,
     *,
     started_by: str = "auto-start",
     log_path: Path | None = None,
@@ -105,7 +105,7 @@ def _read_ready(fd: int, timeout: float) -> str:
     return data.decode("utf-8", "replace")
 
 
-def ensure_agent(socket: Path, *, timeout: float = START_TIMEOUT) -> bool:
+def ensure_agent(socket: str | Path, *, timeout: float = START_TIMEOUT) -> bool:
     """Make sure an agent answers on ``socket``; True if one was started."""
     try:
         with AgentClient(socket, timeout=2.0) as client:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
-from typing import Any
 
 from ..errors import (
     AgentProtocolError,
@@ -25,6 +23,13 @@ from ..protocol import (
     parse_reply,
 )
 
+# No typing, no pathlib: this module's import time is part of every
+# `modelforge-agent get`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from os import PathLike
+    from typing import Any
+
 DEFAULT_TIMEOUT = 10.0
 _RECV_SIZE = 65_536
 
@@ -37,7 +42,7 @@ class AgentNotRunningError(CredentialStorageUnavailableError):
     """
 
 
-def not_running_message(path: Path, why: str) -> str:
+def not_running_message(path: str, why: str) -> str:
     return (
         f"no credential agent is running at {path} ({why}); start one with "
         '`eval "$(modelforge-agent start)"` or unset MODEL_FORGE_AGENT_SOCK '
@@ -52,15 +57,17 @@ class AgentClient:
     error instead of a hang.
     """
 
-    def __init__(self, path: Path | str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = Path(path) if path is not None else socket_path()
+    def __init__(
+        self, path: str | PathLike[str] | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.path = os.fspath(path) if path is not None else socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder()
         self._next_id = 0
 
     def __repr__(self) -> str:
-        return f"AgentClient({str(self.path)!r})"
+        return f"AgentClient({self.path!r})"
 
     def __enter__(self) -> AgentClient:
         return self
@@ -79,7 +86,7 @@ class AgentClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(str(self.path))
+            sock.connect(self.path)
         except FileNotFoundError:
             sock.close()
             raise AgentNotRunningError(not_running_message(self.path, "no socket")) from None

@@ -80,7 +80,7 @@ async def serve(options: ServeOptions) -> int:
         handed = launchd_sockets()
         activated = "launchd" if handed else None
 
-    path = options.socket or default_socket_path()
+    path = Path(options.socket or default_socket_path())
     runtime = RuntimeDir(path)
     sock: socket.socket
     if handed:

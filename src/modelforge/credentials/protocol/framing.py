@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import NoReturn
 
 import msgpack  # type: ignore[import-untyped]
 
 from .errors import TOO_LARGE, EncodeError, FrameError, FrameTooLarge
+
+# The thin client imports this module: typing and dataclasses stay out of
+# its start-up (they cost more than the whole rest of the client).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 HEADER_SIZE = 4
 MAX_FRAME_SIZE = 1_048_576

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from .errors import ERROR_CODES, RemoteError, ReplyError
 from .ops import Op
@@ -36,20 +35,52 @@ def error_reply(request_id: int | None, code: str, message: str) -> dict[str, ob
     return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
 
 
-@dataclass(frozen=True, slots=True, repr=False)
 class Reply:
-    """A structurally valid reply.
+    """A structurally valid reply (immutable).
 
     For a success reply ``fields`` holds every key except ``id`` and ``ok``;
     for a failure reply it is empty and ``error_code``/``error_message`` are
     set.
     """
 
+    __slots__ = ("id", "ok", "fields", "error_code", "error_message")
+
     id: int | None
     ok: bool
-    fields: dict[str, object] = field(default_factory=dict)
-    error_code: str | None = None
-    error_message: str | None = None
+    fields: dict[str, object]
+    error_code: str | None
+    error_message: str | None
+
+    def __init__(
+        self,
+        id: int | None,
+        ok: bool,
+        fields: dict[str, object] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "id", id)
+        init(self, "ok", ok)
+        init(self, "fields", {} if fields is None else fields)
+        init(self, "error_code", error_code)
+        init(self, "error_message", error_message)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Reply is immutable; cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reply):
+            return NotImplemented
+        return (self.id, self.ok, self.fields, self.error_code, self.error_message) == (
+            other.id,
+            other.ok,
+            other.fields,
+            other.error_code,
+            other.error_message,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         if self.ok:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TypeGuard
 
 from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, RequestError
 from .framing import encode_str_keyed_dict
 from .ops import PROTOCOL_VERSION, Op
+
+# The thin client imports this module: typing and dataclasses stay out of
+# its start-up (they cost more than the whole rest of the client).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 _UINT64_LIMIT = 1 << 64
 _MISSING = object()
@@ -40,16 +44,48 @@ def _is_uint64(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value < _UINT64_LIMIT
 
 
-@dataclass(frozen=True, slots=True, repr=False)
 class Request:
-    """A validated request.  Fields an operation does not take are None."""
+    """A validated request (immutable).  Fields an operation does not take are None."""
+
+    __slots__ = ("id", "op", "provider", "key", "value", "passphrase")
 
     id: int
     op: Op
-    provider: str | None = None
-    key: str | None = None
-    value: str | None = None
-    passphrase: str | None = None
+    provider: str | None
+    key: str | None
+    value: str | None
+    passphrase: str | None
+
+    def __init__(
+        self,
+        id: int,
+        op: Op,
+        provider: str | None = None,
+        key: str | None = None,
+        value: str | None = None,
+        passphrase: str | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "id", id)
+        init(self, "op", op)
+        init(self, "provider", provider)
+        init(self, "key", key)
+        init(self, "value", value)
+        init(self, "passphrase", passphrase)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Request is immutable; cannot set {name!r}")
+
+    def _astuple(self) -> tuple[object, ...]:
+        return (self.id, self.op, self.provider, self.key, self.value, self.passphrase)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self) -> int:
+        return hash(self._astuple())
 
     def __repr__(self) -> str:
         parts = [f"id={self.id}", f"op={self.op.value!r}"]
