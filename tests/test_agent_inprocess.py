@@ -746,6 +746,7 @@ async def test_file_reprotected_elsewhere_relocks_the_agent(
         assert await client.retrieve("openai", "api_key") == SECRET
         other = EncryptedFileStorage(protected_dir, passphrase=PASSPHRASE, kdf=fast_kdf)
         other.set_passphrase("a new passphrase")
+        served.clock.advance(1)  # past file_check_interval, the documented staleness
         with pytest.raises(CredentialLockedError):
             await client.retrieve("openai", "api_key")
         assert (await client.status())["locked"] is True
@@ -902,10 +903,12 @@ async def test_file_changed_by_another_writer_is_seen(
         other = EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf)
         other.store("openai", "api_key", SECRET2)
         other.store("anthropic", "api_key", "outside")
+        served.clock.advance(1)  # past file_check_interval, the documented staleness
         assert await client.retrieve("openai", "api_key") == SECRET2
         assert await client.retrieve("anthropic", "api_key") == "outside"
         assert await client.list_keys() == [("anthropic", "api_key"), ("openai", "api_key")]
         other.delete("anthropic", "api_key")
+        served.clock.advance(1)  # past file_check_interval
         assert await client.exists("anthropic", "api_key") is False
 
 
@@ -1106,6 +1109,7 @@ async def test_no_secret_in_any_log_record_or_error_message(
         EncryptedFileStorage(protected_dir, passphrase=PASSPHRASE, kdf=fast_kdf).set_passphrase(
             WRONG
         )
+        served.clock.advance(1)  # past file_check_interval
         await expect_error(client.retrieve("openai", "api_key"), CredentialLockedError)
         await client.unlock(WRONG)
         served.clock.advance(60)
@@ -1172,3 +1176,23 @@ async def test_a_stalled_backend_call_is_abandoned_and_the_agent_keeps_serving(
                 assert (await client.status())["backend"] == "env"
     finally:
         backend.release.set()
+
+
+async def test_another_writers_change_waits_at_most_the_check_interval(
+    sock_dir: str, keyfile_store: EncryptedFileStorage, fast_kdf: KdfParams
+) -> None:
+    """The agent stats the file at most every file_check_interval seconds."""
+    config = AgentConfig(file_check_interval=0.5)
+    async with (
+        serve(keyfile_store, config, sock_dir=sock_dir) as served,
+        AsyncAgentClient(served.path) as client,
+    ):
+        await client.store("openai", "api_key", SECRET)
+        assert await client.retrieve("openai", "api_key") == SECRET
+        EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf).store(
+            "openai", "api_key", SECRET2
+        )
+        served.clock.advance(0.4)
+        assert await client.retrieve("openai", "api_key") == SECRET  # within the interval
+        served.clock.advance(0.1)
+        assert await client.retrieve("openai", "api_key") == SECRET2
