@@ -108,6 +108,7 @@ class Cli:
             config_dir=Path(a.config_dir) if a.config_dir else None,
             unlock_delay_cap=a.unlock_delay_cap,
             read_deadline=a.read_deadline,
+            max_connections=a.max_connections,
             audit_log=_audit_path(a.audit_log),
         )
         return run(options)
@@ -590,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds a client may take to finish a frame",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections kept at most (idle ones are dropped first)",
     )
     serve.add_argument(
         "--audit-log",

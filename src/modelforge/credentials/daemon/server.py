@@ -10,12 +10,13 @@ answered, while other connections go on.
 from __future__ import annotations
 
 import asyncio
-import collections
+import fcntl
 import logging
 import os
 import socket
 import struct
 import sys
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,6 @@ from .audit import AuditLog
 from .state import Agent
 
 log = logging.getLogger("modelforge.agent")
-
-MAX_QUEUED = 1024
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
@@ -81,7 +80,7 @@ def _reply_id(reply: dict[str, object]) -> int | None:
 
 
 class _Fatal:
-    """A queued failure reply after which the connection closes."""
+    """A failure reply after which the connection closes."""
 
     __slots__ = ("reply",)
 
@@ -91,21 +90,37 @@ class _Fatal:
 
 Item = Request | _Fatal | dict[str, object]
 
+#: Frames answered per event-loop turn before other connections get a go.
+FRAMES_PER_TURN = 32
+#: Replies buffered for a peer that does not read before we stop reading it.
+WRITE_HIGH_WATER = 256 * 1024
+
 
 class AgentConnection(asyncio.Protocol):
+    """One client. Frames are pulled from the decoder only as fast as they
+    are answered: a burst, a slow backend call, or a peer that does not read
+    its replies pauses reading instead of piling up requests or replies."""
+
     def __init__(self, server: AgentServer) -> None:
         self.server = server
         self.agent = server.agent
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
-        self.queue: collections.deque[Item] = collections.deque()
-        self.busy = False
+        self.busy = False  # a slow (backend) request is in flight
+        self.write_paused = False
+        self.eof = False
         self.closing = False
+        self.frames_done = 0
         self.last_seen = 0.0
+        self._fatal: _Fatal | None = None
+        self._scheduled = False
+        self._reading = True
         self._deadline: asyncio.TimerHandle | None = None
         self.peer_pid: int | None = None
         self.peer_uid: int | None = None
         self._peer_exe: str | None = None
+
+    # -- asyncio callbacks ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -118,6 +133,7 @@ class AgentConnection(asyncio.Protocol):
             self.closing = True
             transport.abort()
             return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.last_seen = self.server.loop.time()
         self.server.register(self)
 
@@ -127,46 +143,91 @@ class AgentConnection(asyncio.Protocol):
         self.server.unregister(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.decoder.failed:
+        if self.closing or self._fatal is not None:
             return
         self.last_seen = self.server.loop.time()
-        replies: list[bytes] = []
-        decoded = 0
         try:
             self.decoder.feed(data)
         except FrameError as err:
-            self._enqueue(_Fatal(error_reply(None, err.code or BAD_REQUEST, str(err))), replies)
-        while not self.closing and not self.decoder.failed:
-            try:
-                message = self.decoder.next_message()
-            except FrameError as err:
-                self._enqueue(_Fatal(error_reply(None, err.code or BAD_REQUEST, str(err))), replies)
-                break
-            if message is None:
-                break
-            decoded += 1
-            try:
-                item: Item = parse_request(message)
-            except RequestError as err:
-                item = error_reply(err.request_id, err.code, str(err))
-            self._enqueue(item, replies)
-        self._flush(replies)
-        if decoded:
-            # The deadline bounds how long one frame stays unfinished, so it
-            # restarts whenever a frame completes.
-            self._cancel_deadline()
-        if self.decoder.pending_bytes and not self.closing:
-            self._arm_deadline()
-        else:
-            self._cancel_deadline()
-        if len(self.queue) > MAX_QUEUED and self.transport is not None:
-            self.transport.pause_reading()
+            self._fatal = _Fatal(error_reply(None, err.code or BAD_REQUEST, str(err)))
+        self._pump()
 
-    def _enqueue(self, item: Item, replies: list[bytes]) -> None:
-        if self.busy or self.queue:
-            self.queue.append(item)
+    def eof_received(self) -> bool:
+        # The peer finished sending; every complete frame still gets its
+        # reply before we close (True keeps our side open for writing).
+        self.eof = True
+        self._pump()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._schedule()
+
+    # -- the pump -----------------------------------------------------------------
+
+    def _next_item(self) -> Item | None:
+        try:
+            message = self.decoder.next_message()
+        except FrameError as err:
+            return _Fatal(error_reply(None, err.code or BAD_REQUEST, str(err)))
+        if message is None:
+            fatal, self._fatal = self._fatal, None
+            return fatal
+        self.frames_done += 1
+        self._cancel_deadline()
+        try:
+            return parse_request(message)
+        except RequestError as err:
+            return error_reply(err.request_id, err.code, str(err))
+
+    def _pump(self) -> None:
+        """Answer what can be answered now, in order, within this turn's budget."""
+        self._scheduled = False
+        replies: list[bytes] = []
+        budget = FRAMES_PER_TURN
+        exhausted = False
+        while not (self.closing or self.busy or self.write_paused):
+            if budget == 0:
+                break
+            item = self._next_item()
+            if item is None:
+                exhausted = True
+                break
+            budget -= 1
+            self._process(item, replies)
+        self._flush(replies)
+        if self.closing:
             return
-        self._process(item, replies)
+        if exhausted and not self.busy:
+            if self.eof:
+                self._close()
+                return
+            self._set_reading(not self.write_paused)
+            if self.decoder.pending_bytes:
+                self._arm_deadline()
+        else:
+            # More may be waiting in the buffer: stop reading until it is
+            # answered, and yield the loop to other connections meanwhile.
+            self._set_reading(False)
+            if not self.busy and not self.write_paused:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.closing:
+            self._scheduled = True
+            self.server.loop.call_soon(self._pump)
+
+    def _set_reading(self, on: bool) -> None:
+        if on != self._reading and self.transport is not None and not self.closing:
+            self._reading = on
+            if on:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def _process(self, item: Item, replies: list[bytes]) -> None:
         """Answer ``item`` now if possible; otherwise start the slow path."""
@@ -198,11 +259,8 @@ class AgentConnection(asyncio.Protocol):
         if self.closing:
             return
         replies = [_encode(reply)]
-        while self.queue and not self.busy and not self.closing:
-            self._process(self.queue.popleft(), replies)
         self._flush(replies)
-        if self.transport is not None and len(self.queue) <= MAX_QUEUED and not self.closing:
-            self.transport.resume_reading()
+        self._pump()
 
     def _audit(self, req: Request, reply: dict[str, object]) -> None:
         assert self.server.audit is not None
@@ -219,9 +277,11 @@ class AgentConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closing = True
-        self.queue.clear()
+        self._cancel_deadline()
         if self.transport is not None:
             self.transport.close()
+
+    # -- read deadline: one frame may stay unfinished this long ----------------------
 
     def _arm_deadline(self) -> None:
         if self._deadline is None:
@@ -236,13 +296,20 @@ class AgentConnection(asyncio.Protocol):
 
     def _deadline_passed(self) -> None:
         self._deadline = None
-        if self.decoder.pending_bytes and not self.closing:
+        if self.decoder.pending_bytes and not self.closing and not self.busy:
             log.info("closing a connection that left a frame unfinished")
             self._close()
 
-    @property
-    def idle(self) -> bool:
-        return not self.busy and not self.queue and not self.decoder.pending_bytes
+    def evictable(self) -> bool:
+        """Idle: nothing in flight, nothing buffered, nothing unread in the kernel."""
+        if self.busy or self.decoder.pending_bytes or self.closing or self.transport is None:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        try:
+            unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return True
+        return int.from_bytes(unread, sys.byteorder) == 0
 
 
 class AgentServer:
@@ -278,13 +345,14 @@ class AgentServer:
 
     def register(self, conn: AgentConnection) -> None:
         if len(self.connections) >= self.max_connections:
-            # Make room by dropping the connection idle the longest, so a
-            # flood of idle connections cannot lock out a working client.
-            idle = [c for c in self.connections if c.idle]
+            # Make room by dropping an idle connection: first those that never
+            # completed a frame, oldest first, so a flood of idle connections
+            # cannot lock out a client that is working (or about to).
+            idle = [c for c in self.connections if c.evictable()]
             if idle:
-                oldest = min(idle, key=lambda c: c.last_seen)
-                oldest._close()
-                self.connections.pop(oldest, None)
+                victim = min(idle, key=lambda c: (c.frames_done > 0, c.last_seen))
+                victim._close()
+                self.connections.pop(victim, None)
             else:
                 conn._close()
                 return
