@@ -365,7 +365,7 @@ class Cli:
         import shlex
         from pathlib import Path
 
-        from .migrate import CredentialMigrator
+        from .migrate import CredentialMigrator, check_migrations
 
         configs = [Path(p) for p in self.args.config] or [
             p
@@ -384,8 +384,10 @@ class Cli:
             )
             return EXIT_NOT_FOUND
         storage = self._migration_storage()
-        for config in configs:
-            migrator = CredentialMigrator(config, storage)
+        migrators = [CredentialMigrator(config, storage) for config in configs]
+        if not (self.args.rollback or self.args.confirm or self.args.dry_run):
+            check_migrations(migrators, overwrite=self.args.overwrite)
+        for config, migrator in zip(configs, migrators, strict=True):
             quoted = shlex.quote(str(config))
             if self.args.rollback:
                 counts = migrator.rollback()

@@ -26,6 +26,14 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
     keyring_info: dict[str, Any] = {"usable": ok, "detail": why, "dbus_session": bool(bus)}
     if not ok and not bus and os.name == "posix" and not _is_macos():
         keyring_info["detail"] = f"{why}; no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
+    elif not ok and bus:
+        answering = _bus_answers(bus)
+        keyring_info["dbus_answers"] = answering
+        keyring_info["detail"] = (
+            f"{why}; no Secret Service on the session bus (start gnome-keyring or KWallet)"
+            if answering
+            else f"{why}; the D-Bus session bus at {bus} does not answer"
+        )
     report["backends"]["keyring"] = keyring_info
 
     config_dir = default_config_dir()
@@ -123,6 +131,30 @@ def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) ->
                 'start one: eval "$(modelforge-agent start)"',
             )
     return info
+
+
+def _bus_answers(address: str) -> bool:
+    """Whether something accepts connections at a D-Bus address (unix only)."""
+    import socket
+
+    for part in address.split(";"):
+        transport, _, params = part.partition(":")
+        if transport != "unix":
+            continue
+        options = dict(p.split("=", 1) for p in params.split(",") if "=" in p)
+        target = options.get("path") or (
+            "\0" + options["abstract"] if "abstract" in options else None
+        )
+        if target is None:
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect(target)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _is_macos() -> bool:

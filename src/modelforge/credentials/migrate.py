@@ -206,6 +206,34 @@ def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = False) -> None:
+    """Refuse, before any of them changes anything, migrations that disagree.
+
+    Two configs (model-forge's global and local file) holding different
+    values for one name cannot both land in one store; nor can a config
+    whose value differs from the store's (unless ``overwrite``).
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], Path] = {}
+    for migrator in migrators:
+        if not migrator.old_config_path.exists():
+            continue
+        found = _secrets(migrator._load(migrator.old_config_path.read_bytes()))
+        for provider, keys in found.items():
+            for key, value in keys.items():
+                known = merged.setdefault(provider, {})
+                if key in known and known[key] != value:
+                    raise MigrationError(
+                        f"{origin[(provider, key)]} and {migrator.old_config_path} hold "
+                        f"different values for {provider}/{key}; nothing was changed. Make "
+                        "them agree (or migrate one file with --config) and re-run"
+                    )
+                known[key] = value
+                origin.setdefault((provider, key), migrator.old_config_path)
+    if not overwrite and migrators:
+        _check_conflicts(migrators[0].new_storage, merged)
+
+
 def _check_conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> None:
     conflicts = [
         f"{provider}/{key}"

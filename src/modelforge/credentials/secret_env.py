@@ -146,18 +146,24 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.needles = sorted({s.encode() for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        self.keep = max((len(n) for n in self.needles), default=1) - 1
         self.pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._mask(self.pending + chunk)
-        if self.keep and len(data) > self.keep:
-            self.pending = data[-self.keep :]
-            return data[: -self.keep]
-        if self.keep:
-            self.pending = data
-            return b""
-        return data
+        # Hold back only a tail that could still become a secret with the
+        # next chunk, so ordinary output (a prompt) is never delayed.
+        keep = self._partial_tail(data)
+        self.pending = data[len(data) - keep :] if keep else b""
+        return data[: len(data) - keep]
+
+    def _partial_tail(self, data: bytes) -> int:
+        longest = 0
+        for needle in self.needles:
+            for size in range(min(len(needle) - 1, len(data)), longest, -1):
+                if data.endswith(needle[:size]):
+                    longest = size
+                    break
+        return longest
 
     def flush(self) -> bytes:
         data, self.pending = self._mask(self.pending), b""
@@ -211,11 +217,14 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
             continue
     for pump in pumps:
         pump.join()
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    for forwarded_sig, handler in previous.items():
+        signal.signal(forwarded_sig, handler)
     if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
+        died_of = -status
+        if died_of not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(died_of, signal.SIG_DFL)
+        os.kill(os.getpid(), died_of)
+        return 128 + died_of  # not reached unless the signal is ignored
     return status
 
 

@@ -48,18 +48,20 @@ def system_keyring() -> Any:
     """The keyring backend a :class:`KeyringStorage` should use.
 
     keyring's own choice, except when that is this package's agent-backed
-    plugin: storing through it would loop back into the agent, so the best
-    other viable backend stands in.
+    plugin, or a chain that contains it: storing through it would loop back
+    into the agent, so the best other viable backend stands in.
     """
     import keyring
     from keyring.backend import by_priority, get_all_keyring
+    from keyring.backends import chainer, fail
 
     kr = keyring.get_keyring()
-    if not _ours(kr):
+    chained = kr.backends if isinstance(kr, chainer.ChainerBackend) else []
+    if not _ours(kr) and not any(_ours(b) for b in chained):
         return kr
-    others = [b for b in get_all_keyring() if not _ours(b)]
-    from keyring.backends import fail
-
+    others = [
+        b for b in get_all_keyring() if not _ours(b) and not isinstance(b, chainer.ChainerBackend)
+    ]
     return max(others, key=by_priority, default=fail.Keyring())  # type: ignore[no-untyped-call]
 
 
