@@ -48,7 +48,7 @@ def ensure_venv() -> Path:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run.py may be started by an older python3
         print("model-forge-credentials needs Python 3.11 or newer", file=sys.stderr)
         return 2
     python = ensure_venv()

@@ -1196,3 +1196,36 @@ async def test_another_writers_change_waits_at_most_the_check_interval(
         assert await client.retrieve("openai", "api_key") == SECRET  # within the interval
         served.clock.advance(0.1)
         assert await client.retrieve("openai", "api_key") == SECRET2
+
+
+async def test_a_pipelined_burst_is_interleaved_with_other_connections(
+    sock_dir: str, keyfile_store: EncryptedFileStorage
+) -> None:
+    """A burst is answered a slice per loop turn, so another connection's
+    request is answered long before the burst is done: ordering, not timing."""
+    burst = 2000
+    frames = b"".join(encode_request(i, Op.HELLO) for i in range(1, burst + 1))
+    async with serve(keyfile_store, sock_dir=sock_dir) as served:
+        flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        flood.connect(served.path)
+        flood.setblocking(False)
+        other = await RawConnection.open(served.path)
+        try:
+            flood.sendall(frames)
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the server take the burst in first
+            reply = await other.call(1, Op.HELLO)
+            assert reply["ok"] is True
+            received = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := flood.recv(1 << 20):
+                    received += chunk
+            decoder = FrameDecoder()
+            decoder.feed(received)
+            answered = 0
+            while decoder.next_message() is not None:
+                answered += 1
+            assert answered < burst // 2, f"{answered} of {burst} answered before the other client"
+        finally:
+            flood.close()
+            await other.close()
