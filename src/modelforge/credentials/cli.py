@@ -7,9 +7,7 @@ no-echo prompt or standard input, never from the command line.
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +25,7 @@ from .paths import SOCKET_VARIABLE, socket_path
 # imported by the commands that need them, not here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from pathlib import Path
     from typing import Any, TextIO
 
@@ -158,6 +157,8 @@ class Cli:
                 "the agent did not report a usable pid; stop it with your service manager\n"
             )
             return EXIT_UNAVAILABLE
+        import signal
+
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.args.timeout
         while time.monotonic() < deadline:
@@ -549,6 +550,8 @@ def _duration(seconds: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="modelforge-agent",
         description="Local credential agent for model-forge's LLM provider secrets.",
@@ -714,9 +717,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quick_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """``[--socket S] [--timeout T] get|exists PROVIDER KEY`` without argparse.
+
+    These run inside scripts and prompts many times a second, and building
+    the full parser costs more than the whole client: the common shape is
+    read by hand, everything else (options, help, errors) goes to argparse.
+    """
+    from types import SimpleNamespace
+
+    options: dict[str, str] = {}
+    rest = list(argv)
+    while rest and rest[0].startswith("--"):
+        name, eq, value = rest.pop(0).partition("=")
+        if name not in ("--socket", "--timeout") or name in options:
+            return None
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        options[name] = value
+    if (
+        len(rest) != 3
+        or rest[0] not in ("get", "exists")
+        or rest[1][:1] == "-"
+        or rest[2][:1] == "-"
+    ):
+        return None
+    try:
+        timeout = float(options.get("--timeout", "10"))
+    except ValueError:
+        return None
+    namespace: argparse.Namespace = SimpleNamespace(  # type: ignore[assignment]
+        command=rest[0],
+        provider=rest[1],
+        key=rest[2],
+        socket=options.get("--socket"),
+        timeout=timeout,
+    )
+    return namespace
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = quick_args(arguments)
+    if args is None:
+        args = build_parser().parse_args(arguments)
     cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
     handler = getattr(cli, "cmd_" + args.command.replace("-", "_"))
     try:
