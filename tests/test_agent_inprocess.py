@@ -1229,3 +1229,36 @@ async def test_a_pipelined_burst_is_interleaved_with_other_connections(
         finally:
             flood.close()
             await other.close()
+
+
+async def test_lone_retrieve_frames_get_the_same_answers_as_the_general_path(
+    sock_dir: str, keyfile_store: EncryptedFileStorage
+) -> None:
+    """A lone five-field retrieve frame takes the agent's shortcut; every
+    other shape, and every doubtful field, must still get the full checks."""
+    async with serve(keyfile_store, sock_dir=sock_dir) as served:
+        conn = await RawConnection.open(served.path)
+        try:
+            await conn.call(1, Op.STORE, provider="openai", key="api_key", value=SECRET)
+            ok = await conn.call(2, Op.RETRIEVE, provider="openai", key="api_key")
+            assert ok == {"id": 2, "ok": True, "value": SECRET}
+            absent = await conn.call(3, Op.RETRIEVE, provider="openai", key="other")
+            assert absent == {"id": 3, "ok": True, "value": None}
+            invalid = await conn.call(4, Op.RETRIEVE, provider="", key="k")
+            assert failure(invalid) == (4, "invalid")
+            control = await conn.call(5, Op.RETRIEVE, provider="openai", key="api\x00key")
+            assert failure(control) == (5, "invalid")
+            for request_id, fields in (
+                (6, {"provider": 7, "key": "api_key"}),
+                (7, {"provider": "openai", "key": b"api_key"}),
+            ):
+                conn.send(map_frame({"v": 1, "id": request_id, "op": "retrieve", **fields}))
+                assert failure(await conn.reply()) == (request_id, "bad_request")
+            conn.send(map_frame({"v": 2, "id": 8, "op": "retrieve", "provider": "o", "key": "k"}))
+            assert failure(await conn.reply()) == (8, "unsupported_version")
+            served.agent._lock()
+            served.agent.locked = True
+            locked = await conn.call(9, Op.RETRIEVE, provider="openai", key="api_key")
+            assert failure(locked) == (9, "locked")
+        finally:
+            await conn.close()

@@ -226,25 +226,36 @@ class Agent:
 
     # -- dispatch -------------------------------------------------------------
 
-    def fast(self, req: Request) -> Reply | None:
-        """The reply when it needs no blocking work, else ``None`` (use slow)."""
+    def cached(self, provider: str, key: str) -> object:
+        """The cached answer for ``(provider, key)``: a value, ``None`` for a
+        known absence, or :data:`MISS` when the general path must decide
+        (locked, stale, not cached, or a name that needs validating).
+
+        The hot path: a hit is answered without validating again (only
+        valid names are cached) and without the generic dispatch.
+        """
         now = self.clock()
         self.check_timers(now)
+        if self.locked or not self._cache_fresh(now):
+            return MISS
+        found = self.cache.lookup((provider, key), now)
+        if found is None and not (_plain_name(provider) and _plain_name(key)):
+            return MISS  # an absence is only final for a valid name
+        if found is not MISS:
+            self.last_activity = now
+        return found
+
+    def fast(self, req: Request) -> Reply | None:
+        """The reply when it needs no blocking work, else ``None`` (use slow)."""
         op = req.op
-        if (op is Op.RETRIEVE or op is Op.EXISTS) and not self.locked and self._cache_fresh(now):
-            # The hot path: a cache hit is answered without validating again
-            # (only valid names are cached) and without the generic reply code.
-            found = self.cache.lookup((req.provider or "", req.key or ""), now)
+        if op is Op.RETRIEVE or op is Op.EXISTS:
+            found = self.cached(req.provider or "", req.key or "")
             if found is not MISS:
-                if found is None:
-                    try:
-                        validate_pair(req.provider, req.key)
-                    except CredentialStorageError as err:
-                        return _failure(req.id, err)
-                self.last_activity = now
                 if op is Op.RETRIEVE:
                     return {"id": req.id, "ok": True, "value": found}
                 return {"id": req.id, "ok": True, "exists": found is not None}
+        now = self.clock()
+        self.check_timers(now)
         if op is Op.HELLO:
             return ok_reply(
                 req.id,
@@ -467,6 +478,14 @@ class Agent:
         if self.config.audit_log:
             info["audit_log"] = self.config.audit_log
         return info
+
+
+def _plain_name(name: str) -> bool:
+    try:
+        validate_name("name", name)
+    except CredentialStorageError:
+        return False
+    return True
 
 
 def _failure(request_id: int, err: CredentialStorageError) -> Reply:
