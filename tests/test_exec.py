@@ -258,7 +258,10 @@ def test_a_signal_sent_to_exec_under_mask_reaches_the_command(
     try:
         wait_for_file(ready)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=TIMEOUT)
+        # Wait before communicate() closes stdin: the command's readline
+        # would otherwise see EOF and exit 0 before the signal reaches it.
+        proc.wait(timeout=TIMEOUT)
+        _, err = proc.communicate()
     finally:
         if proc.poll() is None:
             proc.kill()

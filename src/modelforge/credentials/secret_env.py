@@ -183,12 +183,6 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
     have seen without it.
     """
     secrets = list(secrets)
-    try:
-        proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise CredentialValidationError(
-            f"command not found: {argv[0]!r}; check its name and PATH"
-        ) from None
     forwarded = (
         signal.SIGINT,
         signal.SIGTERM,
@@ -197,7 +191,29 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
         signal.SIGUSR1,
         signal.SIGUSR2,
     )
-    previous = {sig: signal.signal(sig, lambda s, _f: proc.send_signal(s)) for sig in forwarded}
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if started:
+            started[0].send_signal(sig)
+        else:
+            early.append(sig)  # arrived while the command was being started
+
+    # Handlers go in before the command starts, so no signal meant for it
+    # can kill the wrapper in between.
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise CredentialValidationError(
+            f"command not found: {argv[0]!r}; check its name and PATH"
+        ) from None
+    started.append(proc)
+    for pending in early:
+        proc.send_signal(pending)
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
         threading.Thread(
