@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import (
     CredentialBadPassphraseError,
@@ -96,6 +96,11 @@ class EncryptedFileStorage:
         self._keks: dict[tuple[str, KdfParams, bytes], bytes] = {}
         self._mutex = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
+        # The file as last read or written, decrypted, with its stamp: while
+        # the file on disk is that same file, reads and read-modify-writes
+        # skip the read, decryption and unpacking (most of a store's cost
+        # with many credentials). Dropped by lock().
+        self._state: _State | None = None
 
     def __repr__(self) -> str:
         return f"EncryptedFileStorage({str(self.config_dir)!r})"
@@ -110,11 +115,11 @@ class EncryptedFileStorage:
 
     def retrieve(self, provider: str, key: str) -> str | None:
         provider, key = validate_pair(provider, key)
-        return self.load().get(provider, {}).get(key)
+        return self._credentials().get(provider, {}).get(key)
 
     def delete(self, provider: str, key: str) -> bool:
         provider, key = validate_pair(provider, key)
-        if key not in self.load().get(provider, {}):
+        if key not in self._credentials().get(provider, {}):
             return False
         with self._writing() as credentials:
             keys = credentials.get(provider, {})
@@ -131,7 +136,7 @@ class EncryptedFileStorage:
             validate_name("provider", provider)
         return sorted(
             (p, k)
-            for p, keys in self.load().items()
+            for p, keys in self._credentials().items()
             if provider is None or p == provider
             for k in keys
         )
@@ -139,11 +144,31 @@ class EncryptedFileStorage:
     # -- whole-store operations ------------------------------------------------
 
     def load(self) -> Credentials:
-        """Every credential, decrypted: ``{provider: {key: value}}``."""
+        """Every credential, decrypted: ``{provider: {key: value}}`` (a copy)."""
+        return {provider: dict(keys) for provider, keys in self._credentials().items()}
+
+    def _credentials(self) -> Credentials:
+        state = self._current()
+        return state.credentials if state is not None else {}
+
+    def _current(self) -> _State | None:
+        """The current file decrypted; from memory while the file is unchanged."""
+        state = self._state
+        if state is not None:
+            try:
+                if _stamp(os.stat(self.path)) == state.stamp:
+                    return state
+            except FileNotFoundError:
+                pass
         parsed = self._read_parsed()
         if parsed is None:
-            return {}
-        return parsed.decrypt(self._data_key(parsed.envelope))
+            self._state = None
+            return None
+        data_key = self._data_key(parsed.envelope)
+        credentials = parsed.decrypt(data_key)
+        assert self._stamp is not None
+        self._state = _State(self._stamp, parsed.envelope, data_key, credentials)
+        return self._state
 
     def store_many(self, items: dict[str, dict[str, str]]) -> None:
         """Store several credentials in one durable write (all or nothing)."""
@@ -187,10 +212,11 @@ class EncryptedFileStorage:
         self._passphrase = secret
 
     def lock(self) -> None:
-        """Forget the passphrase and every derived key."""
+        """Forget the passphrase, every derived key and every decrypted value."""
         with self._mutex:
             self._keks.clear()
         self._passphrase = None
+        self._state = None
 
     def set_passphrase(self, new: str | None, current: str | None = None) -> None:
         """Re-wrap the data key under ``new`` (``None``: switch to a key file).
@@ -350,15 +376,19 @@ class EncryptedFileStorage:
         make_private_dir(self.config_dir)
         with exclusive_lock(self.lock_path):
             remove_stale_temps(self.path)
-            parsed = self._read_parsed()
-            if parsed is None:
+            state = self._current()
+            if state is None:
                 data_key = os.urandom(fileformat.KEY_SIZE)
                 envelope = self._new_envelope(data_key, self._passphrase)
                 credentials: Credentials = {}
             else:
-                envelope = parsed.envelope
-                data_key = self._data_key(envelope)
-                credentials = parsed.decrypt(data_key)
+                envelope, data_key = state.envelope, state.data_key
+                if envelope.protection == KEYFILE:
+                    # Never write under a remembered key the key file no
+                    # longer opens: nobody could read the result.
+                    envelope.unwrap(self._read_keyfile())
+                # A copy: if the write fails, memory must still match the disk.
+                credentials = {p: dict(keys) for p, keys in state.credentials.items()}
             yield credentials
             self._write(envelope, data_key, credentials)
 
@@ -366,6 +396,14 @@ class EncryptedFileStorage:
         self._stamp = write_atomic(
             self.path, fileformat.encode(envelope, data_key, credentials), backup=self.backup_path
         )
+        self._state = _State(self._stamp, envelope, data_key, credentials)
+
+
+class _State(NamedTuple):
+    stamp: tuple[int, int, int]
+    envelope: Envelope
+    data_key: bytes
+    credentials: Credentials
 
 
 def _stamp(info: os.stat_result) -> tuple[int, int, int]:
