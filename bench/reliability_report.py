@@ -141,7 +141,19 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def bootstrap(argv: list[str]) -> None:
+    """Re-run under the project's virtual environment, as bench/run.py does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mf_bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.bootstrap(argv, Path(__file__).resolve())
+
+
 def main(argv: list[str]) -> int:
+    bootstrap(argv)
     seed = os.environ.get("MODEL_FORGE_RELIABILITY_SEED") or str(random.randrange(2**32))
     overrides = {
         k: v

@@ -127,8 +127,10 @@ def growth(ctx: Context) -> GrowthResult:
             "under **key-file protection** (no KDF in these rows). A store replaces one "
             "credential and is durable: the agent rewrites the whole file (read, decrypt, "
             "re-encrypt, write temp + fsync, backup link, rename, fsync dir) on its worker "
-            "thread. 'direct' and 'design' retrieves run in this process without an agent "
-            "and re-read and decrypt the whole file per call."
+            "thread. 'direct' and 'design' retrieves run in this process without an agent: "
+            "the design document's storage re-reads and decrypts the whole file per call; "
+            "this package's EncryptedFileStorage stats the file and answers from memory "
+            "while it is unchanged."
         ),
     )
     ratio = r[largest].p50 / r[ns[0]].p50

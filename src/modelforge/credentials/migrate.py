@@ -107,16 +107,12 @@ class CredentialMigrator:
         mode = self._target.stat().st_mode & 0o777
         write_atomic(self.backup_path, raw, mode=0o600)
         for provider, keys in found.items():
-            encoded = _encode_all(keys)
-            for key, value in encoded.items():
-                self.new_storage.store(provider, key, value)
-            for key, value in encoded.items():
-                if self.new_storage.retrieve(provider, key) != value:
-                    raise MigrationError(
-                        f"credential {provider}/{key} did not read back as stored; the "
-                        f"config {self.old_config_path} was not changed. Check the backend "
-                        "(`modelforge-agent status`) and re-run the migration"
-                    )
+            _store_verified(
+                self.new_storage,
+                provider,
+                keys,
+                f"the config {self.old_config_path} was not changed",
+            )
         write_atomic(self._target, _dump(_without_secrets(config), raw), mode=mode)
         return counts
 
@@ -251,6 +247,22 @@ def _check_conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]
         )
 
 
+def _store_verified(
+    storage: CredentialStorage, provider: str, keys: dict[str, Any], kept: str
+) -> None:
+    """Store a provider's values, then read each back: the old copy may go
+    only once the new one is known to be there."""
+    encoded = _encode_all(keys)
+    for key, value in encoded.items():
+        storage.store(provider, key, value)
+    for key, value in encoded.items():
+        if storage.retrieve(provider, key) != value:
+            raise MigrationError(
+                f"credential {provider}/{key} did not read back as stored; {kept}. Check "
+                "the backend (`modelforge-agent status`) and re-run the migration"
+            )
+
+
 def _encode_all(keys: dict[str, Any]) -> dict[str, str]:
     encoded: dict[str, str] = {}
     json_keys = []
@@ -332,15 +344,7 @@ class LegacyKeyringImporter:
         if dry_run:
             return counts
         for provider, values in found.items():
-            encoded = _encode_all(values)
-            for key, value in encoded.items():
-                self.new_storage.store(provider, key, value)
-            for key, value in encoded.items():
-                if self.new_storage.retrieve(provider, key) != value:
-                    raise MigrationError(
-                        f"credential {provider}/{key} did not read back as stored; the old "
-                        "keyring items were kept. Check the backend and re-run"
-                    )
+            _store_verified(self.new_storage, provider, values, "the old keyring items were kept")
             from keyring.errors import PasswordDeleteError
 
             for username in (f"{provider}_user", "token_info"):

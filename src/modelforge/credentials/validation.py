@@ -7,6 +7,7 @@ touches stored data. Messages name the field and the limit, never the value.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from .errors import CredentialTooLargeError, CredentialValidationError
 
@@ -63,3 +64,10 @@ def validate_value(value: object) -> str:
 
 def validate_pair(provider: object, key: object) -> tuple[str, str]:
     return validate_name("provider", provider), validate_name("key", key)
+
+
+def select_names(names: Iterable[tuple[str, str]], provider: str | None) -> list[tuple[str, str]]:
+    """``list_keys``'s answer: sorted names, of one (validated) provider if given."""
+    if provider is not None:
+        validate_name("provider", provider)
+    return sorted(pair for pair in names if provider is None or pair[0] == provider)

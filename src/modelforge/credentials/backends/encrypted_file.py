@@ -38,7 +38,7 @@ from ..files import (
     write_atomic,
     write_new_private,
 )
-from ..validation import validate_name, validate_pair, validate_value
+from ..validation import select_names, validate_pair, validate_value
 from . import fileformat
 from .fileformat import KEYFILE, PASSPHRASE, Credentials, Envelope, KdfParams
 
@@ -132,13 +132,8 @@ class EncryptedFileStorage:
         return self.retrieve(provider, key) is not None
 
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        if provider is not None:
-            validate_name("provider", provider)
-        return sorted(
-            (p, k)
-            for p, keys in self._credentials().items()
-            if provider is None or p == provider
-            for k in keys
+        return select_names(
+            ((p, k) for p, keys in self._credentials().items() for k in keys), provider
         )
 
     # -- whole-store operations ------------------------------------------------

@@ -22,7 +22,7 @@ from ..errors import (
     CredentialStorageError,
     CredentialStorageUnavailableError,
 )
-from ..validation import validate_name, validate_pair, validate_value
+from ..validation import select_names, validate_pair, validate_value
 
 SERVICE_NAME = "model-forge"
 USERNAME = "credential"
@@ -91,9 +91,7 @@ class KeyringStorage:
         return self.retrieve(provider, key) is not None
 
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        if provider is not None:
-            validate_name("provider", provider)
-        return sorted((p, k) for p, k in self._read_index() if provider is None or p == provider)
+        return select_names(self._read_index(), provider)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "keyring": self.keyring_name(), "protection": "keyring"}
