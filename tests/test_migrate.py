@@ -26,6 +26,7 @@ from modelforge.credentials import (
     KdfParams,
 )
 from modelforge.credentials.migrate import BACKUP_SUFFIX, MigrationError
+from modelforge_example import copilot_auth, realistic_config
 
 OPENAI_KEY = "sk-proj-migrate-4f1c9e2a7b"
 ACCESS_TOKEN = "ghu_migrateAccess9d8c7b6a"
@@ -38,44 +39,7 @@ GOOGLE_TOKEN = "ya29.migrate-both-sections-88"
 SECRETS = (OPENAI_KEY, ACCESS_TOKEN, REFRESH_TOKEN, ANTHROPIC_KEY, GOOGLE_KEY, GOOGLE_TOKEN)
 
 #: The realistic example of model-forge-today.md, with secrets made unique.
-EXAMPLE: dict[str, Any] = {
-    "providers": {
-        "openai": {
-            "llm_type": "openai_compatible",
-            "base_url": "https://api.openai.com/v1",
-            "auth_strategy": "api_key",
-            "models": {"gpt-4o": {"api_model_name": "gpt-4o"}},
-            "auth_data": {"api_key": OPENAI_KEY},
-        },
-        "github_copilot": {
-            "llm_type": "github_copilot",
-            "base_url": "https://api.githubcopilot.com",
-            "auth_strategy": "device_flow",
-            "auth_details": {
-                "client_id": "01ab8ac9400c4e429b23",
-                "device_code_url": "https://github.com/login/device/code",
-                "token_url": "https://github.com/login/oauth/access_token",
-                "scope": "read:user",
-            },
-            "models": {"claude-sonnet": {}},
-            "auth_data": {
-                "access_token": ACCESS_TOKEN,
-                "token_type": "bearer",
-                "scope": "read:user",
-                "expires_in": 28800,
-                "refresh_token": REFRESH_TOKEN,
-                "expires_at": "2025-07-28T20:00:00+00:00",
-            },
-        },
-        "ollama": {
-            "llm_type": "ollama",
-            "base_url": "http://localhost:11434",
-            "models": {"qwen3": {}},
-        },
-    },
-    "current_model": {"provider": "openai", "model": "gpt-4o"},
-    "settings": {"show_telemetry": True},
-}
+EXAMPLE: dict[str, Any] = realistic_config(OPENAI_KEY, copilot_auth(ACCESS_TOKEN, REFRESH_TOKEN))
 
 
 def model_forge_bytes(config: dict[str, Any]) -> bytes:

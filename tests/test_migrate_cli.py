@@ -34,6 +34,7 @@ from agent_harness import CLI, AgentWorkspace
 from modelforge.credentials import CredentialStorageError, CredentialValidationError
 from modelforge.credentials.backends.agent import AgentStorage
 from modelforge.credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
+from modelforge_example import copilot_auth, realistic_config
 
 TIMEOUT = 30.0
 OPENAI_KEY = "sk-proj-migcli-openai-0c4f7d2e9b"
@@ -43,47 +44,10 @@ ANTHROPIC_KEY = "sk-ant-migcli-local-8a9b0c1d"
 OTHER_OPENAI_KEY = "sk-proj-migcli-someone-else-77"
 SECRETS = (OPENAI_KEY, ACCESS_TOKEN, REFRESH_TOKEN, ANTHROPIC_KEY, OTHER_OPENAI_KEY)
 
-COPILOT_AUTH = {
-    "access_token": ACCESS_TOKEN,
-    "token_type": "bearer",
-    "scope": "read:user",
-    "expires_in": 28800,
-    "refresh_token": REFRESH_TOKEN,
-    "expires_at": "2025-07-28T20:00:00+00:00",
-}
+COPILOT_AUTH = copilot_auth(ACCESS_TOKEN, REFRESH_TOKEN)
 
 #: model-forge-today.md's realistic example, secrets made unique.
-GLOBAL: dict[str, Any] = {
-    "providers": {
-        "openai": {
-            "llm_type": "openai_compatible",
-            "base_url": "https://api.openai.com/v1",
-            "auth_strategy": "api_key",
-            "models": {"gpt-4o": {"api_model_name": "gpt-4o"}},
-            "auth_data": {"api_key": OPENAI_KEY},
-        },
-        "github_copilot": {
-            "llm_type": "github_copilot",
-            "base_url": "https://api.githubcopilot.com",
-            "auth_strategy": "device_flow",
-            "auth_details": {
-                "client_id": "01ab8ac9400c4e429b23",
-                "device_code_url": "https://github.com/login/device/code",
-                "token_url": "https://github.com/login/oauth/access_token",
-                "scope": "read:user",
-            },
-            "models": {"claude-sonnet": {}},
-            "auth_data": COPILOT_AUTH,
-        },
-        "ollama": {
-            "llm_type": "ollama",
-            "base_url": "http://localhost:11434",
-            "models": {"qwen3": {}},
-        },
-    },
-    "current_model": {"provider": "openai", "model": "gpt-4o"},
-    "settings": {"show_telemetry": True},
-}
+GLOBAL: dict[str, Any] = realistic_config(OPENAI_KEY, COPILOT_AUTH)
 
 #: A project's own config (used by model-forge *instead of* the global one).
 LOCAL: dict[str, Any] = {
