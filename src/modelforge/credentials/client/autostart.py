@@ -103,14 +103,3 @@ def _read_ready(fd: int, timeout: float) -> str:
             break
         data += chunk
     return data.decode("utf-8", "replace")
-
-
-def ensure_agent(socket: str | Path, *, timeout: float = START_TIMEOUT) -> bool:
-    """Make sure an agent answers on ``socket``; True if one was started."""
-    try:
-        with AgentClient(socket, timeout=2.0) as client:
-            client.hello()
-        return False
-    except AgentNotRunningError:
-        spawn_agent(socket, timeout=timeout)
-        return True

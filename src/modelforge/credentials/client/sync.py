@@ -208,8 +208,3 @@ class AgentClient:
 
     def unlock(self, passphrase: str) -> None:
         self.call(Op.UNLOCK, passphrase=passphrase)
-
-
-def agent_pid(client: AgentClient) -> int:
-    pid = client.status().get("pid")
-    return int(pid) if isinstance(pid, int) else os.getpid()

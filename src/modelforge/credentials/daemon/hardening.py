@@ -11,7 +11,6 @@ import sys
 log = logging.getLogger("modelforge.agent")
 
 PR_SET_DUMPABLE = 4
-PR_GET_DUMPABLE = 3
 
 
 def _libc() -> ctypes.CDLL:
@@ -24,9 +23,3 @@ def harden_process() -> None:
     if sys.platform.startswith("linux"):
         if _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
-
-
-def is_dumpable() -> bool:
-    if not sys.platform.startswith("linux"):
-        return resource.getrlimit(resource.RLIMIT_CORE)[0] != 0
-    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))

@@ -100,10 +100,6 @@ class Cache:
             return MISS
         return value
 
-    def get(self, pair: Pair) -> tuple[bool, str | None]:
-        found = self.lookup(pair, self._clock())
-        return (False, None) if found is MISS else (True, found)  # type: ignore[return-value]
-
     def put(self, pair: Pair, value: str | None) -> None:
         self._drop(pair)
         if value is None and self.complete:
