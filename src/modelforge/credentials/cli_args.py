@@ -1,0 +1,224 @@
+"""What the user typed: the ``modelforge-agent`` command line, parsed.
+
+``quick_args`` reads the hot ``get``/``exists`` shape by hand; everything else
+goes through ``build_parser`` (argparse, imported only then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .paths import SOCKET_VARIABLE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="modelforge-agent",
+        description="Local credential agent for model-forge's LLM provider secrets.",
+        epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 locked, 4 agent or backend unavailable.",
+    )
+    parser.add_argument(
+        "--socket", help=f"agent socket (default: ${SOCKET_VARIABLE} or the runtime dir)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help)
+
+    serve = add("serve", "run the agent in the foreground (for systemd, launchd, debugging)")
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="lock after this many idle seconds (0: never)",
+    )
+    serve.add_argument(
+        "--max-unlock", type=float, default=None, help="lock this many seconds after an unlock"
+    )
+    serve.add_argument(
+        "--cache-ttl", type=float, default=None, help="seconds a keyring value stays cached"
+    )
+    serve.add_argument(
+        "--exit-when-idle",
+        type=float,
+        default=None,
+        help="socket-activated: exit after this many seconds without clients",
+    )
+    serve.add_argument("--started-by", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--config-dir", default=None, help="directory of the encrypted file")
+    serve.add_argument(
+        "--unlock-delay-cap", type=float, default=10.0, help="longest delay after failed unlocks"
+    )
+    serve.add_argument(
+        "--read-deadline",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to finish a frame",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections kept at most (idle ones are dropped first)",
+    )
+    serve.add_argument(
+        "--audit-log",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="record an access log (default path: the state dir; or MODEL_FORGE_AUDIT_LOG)",
+    )
+
+    start = add(
+        "start", "start the agent in the background if needed; print shell commands for eval"
+    )
+    shell = start.add_mutually_exclusive_group()
+    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
+    shell.add_argument("--fish", action="store_true", help="print fish commands")
+    start.add_argument("--idle-timeout", type=float, default=None, help="as for serve")
+    start.add_argument("--config-dir", default=None, help="as for serve")
+    start.add_argument("--log", default=None, help="append the agent's log to this file")
+
+    add("stop", "stop the running agent")
+    status = add("status", "show the agent's state, backend and protection")
+    status.add_argument("--json", action="store_true")
+    add("unlock", "unlock with the passphrase (prompt, or one line of stdin)")
+    add("lock", "lock: forget the passphrase and every cached value")
+    for name, help in (
+        ("set", "store a value read from a no-echo prompt or stdin"),
+        ("get", "print a value"),
+        ("delete", "delete a value (exit 1 if there was none)"),
+        ("exists", "exit 0 if a value is stored, 1 if not"),
+    ):
+        cmd = add(name, help)
+        cmd.add_argument("provider")
+        cmd.add_argument("key")
+    listing = add("list", "list stored names (never values)")
+    listing.add_argument("provider", nargs="?")
+    listing.add_argument("--json", action="store_true")
+    passwd = add("passwd", "set or change the encrypted file's passphrase")
+    passwd.add_argument(
+        "--config-dir", default=None, help="when no agent runs: the file's directory"
+    )
+    run = add("exec", "run a command with secrets in its environment only")
+    run.add_argument(
+        "-p",
+        "--provider",
+        action="append",
+        default=[],
+        help="provider whose secrets to inject (default: every stored one)",
+    )
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="VAR=PROVIDER/KEY",
+        help="set VAR from a credential (overrides the built-in names)",
+    )
+    run.add_argument(
+        "--skip-missing", action="store_true", help="leave out missing secrets instead of failing"
+    )
+    run.add_argument(
+        "--mask", action="store_true", help="replace secret values in the command's output with ***"
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    migrate = add("migrate", "move secrets out of model-forge config files into the agent")
+    migrate.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="config file (default: the global and the local one)",
+    )
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="show what would move; change nothing"
+    )
+    migrate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let the config's values replace different ones already stored",
+    )
+    action = migrate.add_mutually_exclusive_group()
+    action.add_argument(
+        "--rollback", action="store_true", help="restore the config from its backup"
+    )
+    action.add_argument("--confirm", action="store_true", help="delete the plain-text backup")
+    action.add_argument(
+        "--from-keyring", action="store_true", help="import model-forge's older keyring layout"
+    )
+    migrate.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        help="with --from-keyring: provider names to look for",
+    )
+
+    doctor = add("doctor", "check backends, socket and agent; say how to fix each problem")
+    doctor.add_argument("--json", action="store_true")
+
+    audit = add("log", "show the agent's access log (names only, never values)")
+    audit.add_argument("-n", "--lines", type=int, default=50, help="last N entries (0: all)")
+    audit.add_argument("--file", default=None, help="log file (default: the running agent's)")
+    audit.add_argument("--json", action="store_true", help="raw JSON lines")
+
+    install = add(
+        "install-service", "write the systemd user units (or launchd plist) for this user"
+    )
+    install.add_argument(
+        "--print", action="store_true", help="print the files instead of writing them"
+    )
+    install.add_argument(
+        "--platform", choices=["linux", "darwin"], default=None, help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def quick_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """``[--socket S] [--timeout T] get|exists PROVIDER KEY`` without argparse.
+
+    These run inside scripts and prompts many times a second, and building
+    the full parser costs more than the whole client: the common shape is
+    read by hand, everything else (options, help, errors) goes to argparse.
+    """
+    from types import SimpleNamespace
+
+    options: dict[str, str] = {}
+    rest = list(argv)
+    while rest and rest[0].startswith("--"):
+        name, eq, value = rest.pop(0).partition("=")
+        if name not in ("--socket", "--timeout") or name in options:
+            return None
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        options[name] = value
+    if (
+        len(rest) != 3
+        or rest[0] not in ("get", "exists")
+        or rest[1][:1] == "-"
+        or rest[2][:1] == "-"
+    ):
+        return None
+    try:
+        timeout = float(options.get("--timeout", "10"))
+    except ValueError:
+        return None
+    namespace: argparse.Namespace = SimpleNamespace(  # type: ignore[assignment]
+        command=rest[0],
+        provider=rest[1],
+        key=rest[2],
+        socket=options.get("--socket"),
+        timeout=timeout,
+    )
+    return namespace
