@@ -485,3 +485,18 @@ class PacedClient:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def read_for(fd: int, seconds: float) -> bytes:
+    """Bytes from ``fd`` until ``seconds`` pass or it reaches end of file."""
+    deadline = time.monotonic() + seconds
+    chunks = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 65_536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_harness import read_for
 from modelforge.credentials import (
     CredentialCorruptedError,
     CredentialStorageUnavailableError,
@@ -167,17 +167,7 @@ def test_two_processes_storing_200_keys_each_lose_nothing(
 def _read_until(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
     """What the child writes to stdout until ``deadline`` (or its exit)."""
     assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    chunks = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            break
-        chunk = os.read(fd, 65_536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return read_for(proc.stdout.fileno(), deadline - time.monotonic())
 
 
 def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(

@@ -23,7 +23,6 @@ import os
 import random
 import re
 import resource
-import select
 import shutil
 import signal
 import socket
@@ -57,6 +56,7 @@ from agent_harness import (
     connect,
     frame,
     pack,
+    read_for,
     temp_files,
     vm_rss_kib,
     wait_until,
@@ -301,21 +301,6 @@ def fork_writer(directory: Path, first: int) -> tuple[int, int]:
             os._exit(70)  # only reached on an error: the parent sees it was not killed
     os.close(write_end)
     return pid, read_end
-
-
-def read_for(fd: int, seconds: float) -> bytes:
-    """Bytes from ``fd`` until ``seconds`` pass or it reaches end of file."""
-    deadline = time.monotonic() + seconds
-    chunks = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            break
-        chunk = os.read(fd, 65_536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_sigkill_never_loses_an_acknowledged_store(

@@ -91,6 +91,11 @@ class _Fatal:
     def __init__(self, reply: dict[str, object]) -> None:
         self.reply = reply
 
+    @classmethod
+    def for_error(cls, err: FrameError) -> _Fatal:
+        # The frame's id is unknowable once framing failed: id nil.
+        return cls(error_reply(None, err.code or BAD_REQUEST, str(err)))
+
 
 Item = Request | _Fatal | dict[str, object]
 
@@ -171,7 +176,7 @@ class AgentConnection(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except FrameError as err:
-            self._fatal = _Fatal(error_reply(None, err.code or BAD_REQUEST, str(err)))
+            self._fatal = _Fatal.for_error(err)
         self._pump()
 
     def _cached_retrieve(self, data: bytes) -> bytes | None:
@@ -227,7 +232,7 @@ class AgentConnection(asyncio.Protocol):
         try:
             message = self.decoder.next_message()
         except FrameError as err:
-            return _Fatal(error_reply(None, err.code or BAD_REQUEST, str(err)))
+            return _Fatal.for_error(err)
         if message is None:
             fatal, self._fatal = self._fatal, None
             return fatal
