@@ -116,7 +116,7 @@ class Context:
         """The main agent: encrypted file (key-file protection), 10 credentials."""
 
         def make() -> AgentPeer:
-            from modelforge.credentials import EncryptedFileStorage
+            from modelforge_credentials import EncryptedFileStorage
 
             peer = AgentPeer(self.root / "agent")
             EncryptedFileStorage(peer.config_dir).store_many(make_credentials(10))

@@ -58,17 +58,17 @@ async def server_path(scratch: Path, number: int) -> None:
     import floor_server
     from context import KEY, PROVIDER, make_credentials
 
-    from modelforge.credentials import EncryptedFileStorage
-    from modelforge.credentials.daemon.server import AgentConnection, AgentServer
-    from modelforge.credentials.daemon.state import Agent, AgentConfig
-    from modelforge.credentials.protocol import (
+    from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.daemon.server import AgentConnection, AgentServer
+    from modelforge_credentials.daemon.state import Agent, AgentConfig
+    from modelforge_credentials.protocol import (
         FrameDecoder,
         Op,
         encode_frame,
         encode_request,
         parse_request,
     )
-    from modelforge.credentials.validation import validate_pair
+    from modelforge_credentials.validation import validate_pair
 
     backend = EncryptedFileStorage(scratch / "server-path")
     backend.store_many(make_credentials(10))
@@ -135,7 +135,7 @@ def _cold_call_us(fn: Callable[[], object], number: int) -> float:
 def client_path(number: int) -> None:
     import msgpack
 
-    from modelforge.credentials.protocol import (
+    from modelforge_credentials.protocol import (
         FrameDecoder,
         Op,
         encode_frame,
@@ -195,7 +195,7 @@ def cli_startup(root: Path, runs: int) -> None:
     from context import KEY, PROVIDER, make_credentials
     from peers import AgentPeer
 
-    from modelforge.credentials import EncryptedFileStorage
+    from modelforge_credentials import EncryptedFileStorage
 
     agent = AgentPeer(root / "cli-agent")
     EncryptedFileStorage(agent.config_dir).store_many(make_credentials(10))
@@ -203,7 +203,7 @@ def cli_startup(root: Path, runs: int) -> None:
     env = dict(agent.env, MODEL_FORGE_AGENT_SOCK=str(agent.socket))
     python = sys.executable
     script = str(Path(python).parent / "modelforge-agent")
-    mf = "modelforge.credentials"
+    mf = "modelforge_credentials"
     cases = {
         "python -c pass": [python, "-c", "pass"],
         "import msgpack, socket (the baseline)": [python, "-c", "import msgpack, socket"],
@@ -212,7 +212,7 @@ def cli_startup(root: Path, runs: int) -> None:
         "import dataclasses": [python, "-c", "import dataclasses"],
         "import pathlib": [python, "-c", "import pathlib"],
         "import argparse": [python, "-c", "import argparse"],
-        "import modelforge.credentials": [python, "-c", f"import {mf}"],
+        "import modelforge_credentials": [python, "-c", f"import {mf}"],
         "import ...client.sync": [python, "-c", f"import {mf}.client.sync"],
         "import ...cli": [python, "-c", f"import {mf}.cli"],
         "import ...cli, ...client.sync": [python, "-c", f"import {mf}.cli, {mf}.client.sync"],
@@ -246,7 +246,7 @@ def cli_startup(root: Path, runs: int) -> None:
 
 
 def status_growth(ns: list[int], number: int) -> None:
-    from modelforge.credentials.daemon.state import Cache
+    from modelforge_credentials.daemon.state import Cache
 
     print("4. status: Cache.__len__ (counted on every status) against N")
     rows = []
@@ -270,9 +270,9 @@ def _store_stages(directory: Path, n: int) -> list[float]:
     from context import make_credentials
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from modelforge.credentials import EncryptedFileStorage
-    from modelforge.credentials.backends import fileformat
-    from modelforge.credentials.files import write_atomic
+    from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.backends import fileformat
+    from modelforge_credentials.files import write_atomic
 
     storage = EncryptedFileStorage(directory)
     storage.store_many(make_credentials(n))

@@ -268,7 +268,7 @@ def make_call(kind: str, path: str) -> tuple[Call, Callable[[], None]]:
     if kind == "ssh":
         ssh = SshAgentClient(path)
         return ssh.request_identities, ssh.close
-    from modelforge.credentials.client.sync import AgentClient
+    from modelforge_credentials.client.sync import AgentClient
 
     client = AgentClient(path)
     provider, key = kind.split("/", 1)

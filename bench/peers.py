@@ -207,7 +207,7 @@ class AgentPeer(Peer):
         command = [
             sys.executable,
             "-m",
-            "modelforge.credentials.cli",
+            "modelforge_credentials.cli",
             "--socket",
             str(self.socket),
             "serve",

@@ -121,8 +121,8 @@ def _seed_keyring(env: dict[str, str]) -> None:
 
 def today(ctx: Context) -> Section:
     """The agent against the per-call paths users take without it."""
-    from modelforge.credentials import EncryptedFileStorage
-    from modelforge.credentials.client.sync import AgentClient
+    from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.client.sync import AgentClient
 
     s = ctx.settings
     agent = ctx.agent()

@@ -37,7 +37,7 @@ def _check(value: float | None, limit: float, text: str) -> Check:
 
 def floors(ctx: Context) -> Section:
     """One connection, cached retrieve, against the asyncio floor and ssh-agent."""
-    from modelforge.credentials.client.sync import AgentClient
+    from modelforge_credentials.client.sync import AgentClient
 
     s = ctx.settings
     agent, floor = ctx.agent(), ctx.floor()

@@ -36,8 +36,8 @@ def _crossing(a: float, b: float, limit: float) -> float:
 
 
 def growth(ctx: Context) -> GrowthResult:
-    from modelforge.credentials import EncryptedFileStorage
-    from modelforge.credentials.client.sync import AgentClient
+    from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.client.sync import AgentClient
 
     s = ctx.settings
     ns = list(s.growth_ns)
@@ -220,8 +220,8 @@ def growth(ctx: Context) -> GrowthResult:
 
 def unlock(ctx: Context) -> Section:
     """The KDF's cost, and whether the event loop stays free while it runs."""
-    from modelforge.credentials import EncryptedFileStorage, KdfParams
-    from modelforge.credentials.client.sync import AgentClient
+    from modelforge_credentials import EncryptedFileStorage, KdfParams
+    from modelforge_credentials.client.sync import AgentClient
 
     s = ctx.settings
     kdf = KdfParams()
@@ -323,8 +323,8 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
 
 
 def start_and_memory(ctx: Context, memory: dict[int, tuple[int, int]]) -> Section:
-    from modelforge.credentials import EncryptedFileStorage
-    from modelforge.credentials.client.autostart import spawn_agent
+    from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.client.autostart import spawn_agent
 
     s = ctx.settings
     root = ctx.root / "start"
@@ -357,7 +357,7 @@ def start_and_memory(ctx: Context, memory: dict[int, tuple[int, int]]) -> Sectio
         Row(
             "agent start to ready (auto-start)",
             Summary.of(times),
-            how="fork + exec of `python -m modelforge.credentials.cli serve`, imports, "
+            how="fork + exec of `python -m modelforge_credentials.cli serve`, imports, "
             "backend selection, file load, bind, readiness pipe",
         )
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-CLI = (sys.executable, "-m", "modelforge.credentials.cli")
+CLI = (sys.executable, "-m", "modelforge_credentials.cli")
 SOCK_VAR = "MODEL_FORGE_AGENT_SOCK"
 CONFIG_VAR = "MODEL_FORGE_CONFIG_DIR"
 REPORT_VAR = "MODEL_FORGE_RELIABILITY_REPORT"
@@ -336,7 +336,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 _PACED_CLIENT = r"""
 import json, os, select, sys, time
-from modelforge.credentials.client.sync import AgentClient
+from modelforge_credentials.client.sync import AgentClient
 
 path, provider, key, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 client = AgentClient(path, timeout=10)

@@ -13,7 +13,7 @@ from keyring.backends import fail
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from modelforge.credentials import KdfParams  # noqa: E402
+from modelforge_credentials import KdfParams  # noqa: E402
 from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession  # noqa: E402
 
 #: Argon2id at its minimum: tests exercise the format, not the KDF's cost.

@@ -26,13 +26,13 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 
 import test_backends
-from modelforge.credentials import EncryptedFileStorage, EnvVarStorage, KdfParams, __version__
-from modelforge.credentials.backends.agent import AgentStorage
-from modelforge.credentials.client.aio import AsyncAgentClient
-from modelforge.credentials.client.sync import AgentNotRunningError
-from modelforge.credentials.daemon.server import AgentServer
-from modelforge.credentials.daemon.state import Agent, AgentConfig
-from modelforge.credentials.errors import (
+from modelforge_credentials import EncryptedFileStorage, EnvVarStorage, KdfParams, __version__
+from modelforge_credentials.backends.agent import AgentStorage
+from modelforge_credentials.client.aio import AsyncAgentClient
+from modelforge_credentials.client.sync import AgentNotRunningError
+from modelforge_credentials.daemon.server import AgentServer
+from modelforge_credentials.daemon.state import Agent, AgentConfig
+from modelforge_credentials.errors import (
     CredentialBadPassphraseError,
     CredentialLockedError,
     CredentialReadOnlyError,
@@ -41,7 +41,7 @@ from modelforge.credentials.errors import (
     CredentialTooLargeError,
     CredentialValidationError,
 )
-from modelforge.credentials.protocol import (
+from modelforge_credentials.protocol import (
     BAD_REQUEST,
     LOCKED,
     TOO_LARGE,
@@ -249,8 +249,8 @@ def protected_dir(tmp_path: Path, fast_kdf: KdfParams) -> Path:
 @pytest.fixture
 def agent_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Every record of the agent's logger, even if something turned propagation off."""
-    logger = logging.getLogger("modelforge.agent")
-    caplog.set_level(logging.DEBUG, logger="modelforge.agent")
+    logger = logging.getLogger("modelforge_credentials.agent")
+    caplog.set_level(logging.DEBUG, logger="modelforge_credentials.agent")
     attached = not logger.propagate
     if attached:
         logger.addHandler(caplog.handler)

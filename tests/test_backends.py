@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge.credentials import (
+from modelforge_credentials import (
     CredentialStorage,
     CredentialValidationError,
     EncryptedFileStorage,

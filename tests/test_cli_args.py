@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from modelforge.credentials.cli import build_parser, quick_args
+from modelforge_credentials.cli import build_parser, quick_args
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_anything_else_goes_to_argparse(argv: list[str]) -> None:
 def test_the_get_path_imports_no_argparse_typing_or_pathlib() -> None:
     code = (
         "import sys\n"
-        "from modelforge.credentials.cli import main\n"
+        "from modelforge_credentials.cli import main\n"
         "status = main(['--socket', '/nonexistent/agent.sock', 'get', 'p', 'k'])\n"
         "heavy = [m for m in ('argparse', 'typing', 'pathlib', 'asyncio', 'cryptography',"
         " 'keyring', 'json', 'dataclasses') if m in sys.modules]\n"

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="uses /proc, prctl, setpriv and SO_PEERCRED"
 )
 
-CLI = (sys.executable, "-m", "modelforge.credentials.cli")
+CLI = (sys.executable, "-m", "modelforge_credentials.cli")
 SOCK_VAR = "MODEL_FORGE_AGENT_SOCK"
 NOBODY = 65534
 AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
@@ -296,7 +296,7 @@ def nobody_runs_python() -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
     probe = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", "import modelforge.credentials.protocol"],
+        [*AS_NOBODY, sys.executable, "-c", "import modelforge_credentials.protocol"],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
@@ -344,7 +344,7 @@ def test_eval_of_start_exports_the_socket_for_later_commands(agents: AgentHarnes
     }
     script = """
         set -e
-        modelforge-agent() { "$MF_PY" -m modelforge.credentials.cli "$@"; }
+        modelforge-agent() { "$MF_PY" -m modelforge_credentials.cli "$@"; }
         eval "$(modelforge-agent --socket "$MF_SOCK" start)"
         printf 'sk-from-bash' | modelforge-agent set openai api_key
         modelforge-agent get openai api_key
@@ -628,7 +628,7 @@ def test_the_agent_survives_its_terminal_hanging_up(agents: AgentHarness) -> Non
     out = agents.base / "start.out"
     env = {**agents.env, "MF_PY": sys.executable, "MF_OUT": str(out)}
     script = (
-        '"$MF_PY" -m modelforge.credentials.cli start > "$MF_OUT" 2>&1; echo started; read -r line'
+        '"$MF_PY" -m modelforge_credentials.cli start > "$MF_OUT" 2>&1; echo started; read -r line'
     )
     master, slave = pty.openpty()
     try:
@@ -668,7 +668,7 @@ def test_the_agent_survives_its_terminal_hanging_up(agents: AgentHarness) -> Non
 
 _RAW_CLIENT = """
 import socket, sys
-from modelforge.credentials.protocol import Op, encode_request
+from modelforge_credentials.protocol import Op, encode_request
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 sock.settimeout(10)
 sock.connect(sys.argv[1])
@@ -750,7 +750,7 @@ def test_the_agent_is_not_dumpable(agents: AgentHarness) -> None:
 # -- auto-start -------------------------------------------------------------------------
 
 _AUTOSTART_CLIENT = """
-from modelforge.credentials import CredentialManager
+from modelforge_credentials import CredentialManager
 manager = CredentialManager()
 manager.store("openai", "api_key", "sk-auto")
 print(manager.retrieve("openai", "api_key"))

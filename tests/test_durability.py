@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent_harness import read_for
-from modelforge.credentials import (
+from modelforge_credentials import (
     CredentialCorruptedError,
     CredentialStorageUnavailableError,
     EncryptedFileStorage,
@@ -33,7 +33,7 @@ CRASH_ROUNDS = int(os.environ.get("MODEL_FORGE_CRASH_ROUNDS", "30"))
 #: Every child builds its storage the same way: fast KDF, given explicitly.
 CHILD_PRELUDE = """
 import os, sys
-from modelforge.credentials import EncryptedFileStorage, KdfParams
+from modelforge_credentials import EncryptedFileStorage, KdfParams
 passphrase = os.environ.get("CHILD_PASSPHRASE") or None
 storage = EncryptedFileStorage(
     sys.argv[1], passphrase=passphrase, kdf=KdfParams(memory_kib=64, iterations=1, lanes=1)

@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from modelforge.credentials import (
+from modelforge_credentials import (
     CredentialBadPassphraseError,
     CredentialCorruptedError,
     CredentialFormatError,
@@ -32,8 +32,8 @@ from modelforge.credentials import (
     EncryptedFileStorage,
     KdfParams,
 )
-from modelforge.credentials.backends import fileformat
-from modelforge.credentials.files import exclusive_lock, write_new_private
+from modelforge_credentials.backends import fileformat
+from modelforge_credentials.files import exclusive_lock, write_new_private
 
 PASSPHRASE = "correct-horse-Battery-staple-41"
 OTHER_PASSPHRASE = "another-Passphrase-for-rotation-77"

@@ -23,7 +23,7 @@ from typing import IO
 import pytest
 
 from agent_harness import CLI, AgentWorkspace
-from modelforge.credentials.client.sync import AgentClient
+from modelforge_credentials.client.sync import AgentClient
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 

@@ -21,10 +21,10 @@ import keyring.errors
 import pytest
 
 from agent_harness import AgentWorkspace
-from modelforge.credentials.client.sync import AgentClient
-from modelforge.credentials.keyring_backend import AgentKeyring
+from modelforge_credentials.client.sync import AgentClient
+from modelforge_credentials.keyring_backend import AgentKeyring
 
-PLUGIN = "modelforge.credentials.keyring_backend.AgentKeyring"
+PLUGIN = "modelforge_credentials.keyring_backend.AgentKeyring"
 KEYRING_CLI = (sys.executable, "-m", "keyring")
 TIMEOUT = 30.0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from modelforge.credentials import (
+from modelforge_credentials import (
     CredentialMigrator,
     CredentialStorage,
     CredentialStorageError,
@@ -25,7 +25,7 @@ from modelforge.credentials import (
     EncryptedFileStorage,
     KdfParams,
 )
-from modelforge.credentials.migrate import BACKUP_SUFFIX, MigrationError
+from modelforge_credentials.migrate import BACKUP_SUFFIX, MigrationError
 from modelforge_example import copilot_auth, realistic_config
 
 OPENAI_KEY = "sk-proj-migrate-4f1c9e2a7b"

@@ -31,9 +31,9 @@ import keyring
 import pytest
 
 from agent_harness import CLI, AgentWorkspace
-from modelforge.credentials import CredentialStorageError, CredentialValidationError
-from modelforge.credentials.backends.agent import AgentStorage
-from modelforge.credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
+from modelforge_credentials import CredentialStorageError, CredentialValidationError
+from modelforge_credentials.backends.agent import AgentStorage
+from modelforge_credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
 from modelforge_example import copilot_auth, realistic_config
 
 TIMEOUT = 30.0

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelforge.credentials.protocol import (
+from modelforge_credentials.protocol import (
     BAD_REQUEST,
     ERROR_CODES,
     HEADER_SIZE,
@@ -660,7 +660,7 @@ def test_arbitrary_bytes_only_raise_protocol_errors(segments: list[bytes], cuts:
 
 def test_protocol_import_is_light() -> None:
     code = (
-        "import sys; import modelforge.credentials.protocol; "
+        "import sys; import modelforge_credentials.protocol; "
         "print(sorted(m for m in ('asyncio', 'socket', 'selectors', 'threading') "
         "if m in sys.modules))"
     )

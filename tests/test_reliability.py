@@ -61,9 +61,9 @@ from agent_harness import (
     vm_rss_kib,
     wait_until,
 )
-from modelforge.credentials import EncryptedFileStorage, KdfParams
-from modelforge.credentials.client.sync import AgentClient
-from modelforge.credentials.errors import (
+from modelforge_credentials import EncryptedFileStorage, KdfParams
+from modelforge_credentials.client.sync import AgentClient
+from modelforge_credentials.errors import (
     CredentialBadPassphraseError,
     CredentialStorageError,
     CredentialStorageUnavailableError,
@@ -1256,7 +1256,7 @@ def setpriv_works() -> None:
 def nobody_imports_the_package() -> str | None:
     """None when uid 65534 can import the package, else why not."""
     probe = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", "import modelforge.credentials.cli"],
+        [*AS_NOBODY, sys.executable, "-c", "import modelforge_credentials.cli"],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -1415,9 +1415,9 @@ def protected_store(directory: Path) -> bytes:
 
 async def test_a_hundred_wrong_passphrases_in_process(tmp_path: Path, figures: Figures) -> None:
     """An in-process agent (real server, real socket, fake clock and sleep)."""
-    from modelforge.credentials.client.aio import AsyncAgentClient
-    from modelforge.credentials.daemon.server import AgentServer
-    from modelforge.credentials.daemon.state import Agent, AgentConfig
+    from modelforge_credentials.client.aio import AsyncAgentClient
+    from modelforge_credentials.daemon.server import AgentServer
+    from modelforge_credentials.daemon.state import Agent, AgentConfig
 
     directory = tmp_path / "store"
     before = protected_store(directory)

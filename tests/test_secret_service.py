@@ -28,19 +28,19 @@ import keyring.core
 import pytest
 from keyring.backends import SecretService
 
-from modelforge.credentials import (
+from modelforge_credentials import (
     AutoStorage,
     CredentialLockedError,
     CredentialStorageError,
     EncryptedFileStorage,
     KeyringStorage,
 )
-from modelforge.credentials.client import AgentClient
+from modelforge_credentials.client import AgentClient
 from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession
 
 pytestmark = pytest.mark.secret_service
 
-CLI = [sys.executable, "-m", "modelforge.credentials.cli"]
+CLI = [sys.executable, "-m", "modelforge_credentials.cli"]
 TTL = 1.0
 #: Longest a keyring call may take when the collection is locked.
 LOCKED_BOUND = 15.0

@@ -19,8 +19,8 @@ from types import MappingProxyType
 
 import pytest
 
-import modelforge.credentials as credentials_pkg
-from modelforge.credentials import (
+import modelforge_credentials as credentials_pkg
+from modelforge_credentials import (
     AuthStrategy,
     AutoStorage,
     CredentialManager,
@@ -36,8 +36,8 @@ from modelforge.credentials import (
     KeyringStorage,
     errors,
 )
-from modelforge.credentials.backends.auto import select_backend
-from modelforge.credentials.migrate import MigrationError
+from modelforge_credentials.backends.auto import select_backend
+from modelforge_credentials.migrate import MigrationError
 
 SECRET = "sk-selection-3e7d1f0b9a"
 
@@ -458,7 +458,7 @@ def test_every_exception_is_a_credential_storage_error() -> None:
 
 
 def test_errors_by_code_covers_the_protocol() -> None:
-    from modelforge.credentials.protocol.errors import ERROR_CODES
+    from modelforge_credentials.protocol.errors import ERROR_CODES
 
     expected = {
         "bad_request",
@@ -554,7 +554,7 @@ def test_every_backend_is_a_credential_storage(tmp_path: Path) -> None:
         AutoStorage(tmp_path),
     ]
     try:
-        agent_module = importlib.import_module("modelforge.credentials.backends.agent")
+        agent_module = importlib.import_module("modelforge_credentials.backends.agent")
     except ImportError:
         pass
     else:

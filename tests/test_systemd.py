@@ -42,15 +42,15 @@ from typing import Any
 
 import pytest
 
-import modelforge.credentials as credentials_pkg
-from modelforge.credentials import services
-from modelforge.credentials.client import AgentClient
-from modelforge.credentials.daemon import activation, service
+import modelforge_credentials as credentials_pkg
+from modelforge_credentials import services
+from modelforge_credentials.client import AgentClient
+from modelforge_credentials.daemon import activation, service
 
 REPO = Path(__file__).resolve().parent.parent
 #: The ``src`` directory this test imports from: children import the same code.
 SRC = Path(credentials_pkg.__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "modelforge.credentials.cli"]
+CLI = [sys.executable, "-m", "modelforge_credentials.cli"]
 UNIT_NAMES = ("modelforge-agent.socket", "modelforge-agent.service")
 FAIL_KEYRING = "keyring.backends.fail.Keyring"
 SECRET = "sk-systemd-4b1e9c07d2"

@@ -3,7 +3,7 @@
 :class:`AgentClient` is blocking and imports nothing heavy (no asyncio, no
 cryptography, no keyring): its start-up time is part of every command that
 asks for a secret. :class:`AsyncAgentClient` is the asyncio twin. Both speak
-through :mod:`modelforge.credentials.protocol`.
+through :mod:`modelforge_credentials.protocol`.
 """
 
 from .sync import AgentClient, AgentNotRunningError

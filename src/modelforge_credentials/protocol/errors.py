@@ -36,7 +36,7 @@ ERROR_CODES: frozenset[str] = frozenset(
 
 
 class ProtocolError(Exception):
-    """Root of every error raised by ``modelforge.credentials.protocol``.
+    """Root of every error raised by ``modelforge_credentials.protocol``.
 
     ``code`` is the wire error code that describes the failure; a server can
     answer with ``error_reply(request_id, err.code, str(err))`` because the

@@ -27,7 +27,7 @@ def agent_command(
     return [
         sys.executable,
         "-m",
-        "modelforge.credentials.cli",
+        "modelforge_credentials.cli",
         "--socket",
         str(socket),
         "serve",

@@ -1,7 +1,7 @@
 """Secure storage for model-forge's LLM provider credentials.
 
 The public API is importable from here. Names are loaded on first use
-(PEP 562), so ``import modelforge.credentials.client`` stays as light as the
+(PEP 562), so ``import modelforge_credentials.client`` stays as light as the
 thin client needs: no keyring, no cryptography, no asyncio.
 """
 

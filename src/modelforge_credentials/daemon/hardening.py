@@ -8,7 +8,7 @@ import logging
 import resource
 import sys
 
-log = logging.getLogger("modelforge.agent")
+log = logging.getLogger("modelforge_credentials.agent")
 
 PR_SET_DUMPABLE = 4
 

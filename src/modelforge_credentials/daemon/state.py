@@ -44,7 +44,7 @@ from ..protocol import (
 from ..storage import CredentialStorage
 from ..validation import validate_name, validate_pair, validate_value
 
-log = logging.getLogger("modelforge.agent")
+log = logging.getLogger("modelforge_credentials.agent")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -10,7 +10,7 @@ class CredentialStorage(Protocol):
     """A place that keeps secrets keyed by ``(provider, key)``.
 
     Implementations validate their input (:mod:`.validation`) and raise only
-    :class:`~modelforge.credentials.errors.CredentialStorageError` subclasses.
+    :class:`~modelforge_credentials.errors.CredentialStorageError` subclasses.
     """
 
     def store(self, provider: str, key: str, value: str) -> None:

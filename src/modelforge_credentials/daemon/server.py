@@ -41,7 +41,7 @@ from ..protocol import (
 from .audit import AuditLog
 from .state import MISS, Agent
 
-log = logging.getLogger("modelforge.agent")
+log = logging.getLogger("modelforge_credentials.agent")
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:

@@ -76,7 +76,7 @@ class ServiceFiles:
 
 
 def agent_command(python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "modelforge.credentials.cli"]
+    return [python or sys.executable, "-m", "modelforge_credentials.cli"]
 
 
 def systemd_units(

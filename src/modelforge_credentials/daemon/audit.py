@@ -15,7 +15,7 @@ from pathlib import Path
 from ..files import make_private_dir
 from ..protocol import Op, Request
 
-log = logging.getLogger("modelforge.agent")
+log = logging.getLogger("modelforge_credentials.agent")
 
 NOT_AUDITED = frozenset({Op.HELLO, Op.STATUS})
 DEFAULT_MAX_BYTES = 1_048_576

@@ -27,7 +27,7 @@ class CredentialManager:
 
     With no ``storage`` it talks to the credential agent (started on first
     use); ``MODEL_FORGE_AGENT=off`` selects an in-process
-    :class:`~modelforge.credentials.AutoStorage` instead.
+    :class:`~modelforge_credentials.AutoStorage` instead.
     """
 
     def __init__(self, storage: CredentialStorage | None = None) -> None:

@@ -41,7 +41,7 @@ class Selection:
 
 
 def _ours(kr: object) -> bool:
-    return type(kr).__module__.startswith("modelforge.")
+    return type(kr).__module__.startswith("modelforge_credentials.")
 
 
 def system_keyring() -> Any:

@@ -2,7 +2,7 @@
 
 Select it explicitly::
 
-    PYTHON_KEYRING_BACKEND=modelforge.credentials.keyring_backend.AgentKeyring
+    PYTHON_KEYRING_BACKEND=modelforge_credentials.keyring_backend.AgentKeyring
 
 or in keyringrc.cfg (``[backend] default-keyring=...``), or prefer it in
 keyring's automatic choice with ``MODEL_FORGE_KEYRING_PREFERRED=1``.

@@ -20,7 +20,7 @@ from .runtime import RuntimeDir
 from .server import AgentServer
 from .state import Agent, AgentConfig
 
-log = logging.getLogger("modelforge.agent")
+log = logging.getLogger("modelforge_credentials.agent")
 
 
 @dataclass
@@ -45,7 +45,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler.setFormatter(
         logging.Formatter(f"modelforge-agent[{os.getpid()}]: %(levelname)s %(message)s")
     )
-    root = logging.getLogger("modelforge")
+    root = logging.getLogger("modelforge_credentials")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
