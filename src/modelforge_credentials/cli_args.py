@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local credential agent for model-forge's LLM provider secrets.",
         epilog="Exit status: 0 ok, 1 not found, 2 usage, 3 locked, 4 agent or backend unavailable.",
     )
+    from . import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"modelforge-agent {__version__}"
+    )
     parser.add_argument(
         "--socket", help=f"agent socket (default: ${SOCKET_VARIABLE} or the runtime dir)"
     )
@@ -161,6 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="with --from-keyring: provider names to look for",
+    )
+
+    integrate = add(
+        "integrate", "make a program read and write its secrets through the agent"
+    )
+    integrate.add_argument("program", choices=["model-forge"], help="the program")
+    integrate.add_argument(
+        "--python",
+        default=None,
+        metavar="PATH",
+        help="interpreter of model-forge's environment (default: the one running `modelforge`)",
+    )
+    what = integrate.add_mutually_exclusive_group()
+    what.add_argument("--remove", action="store_true", help="undo: remove the integration")
+    what.add_argument(
+        "--print", action="store_true", help="show what would be written where; change nothing"
     )
 
     doctor = add("doctor", "check backends, socket and agent; say how to fix each problem")
