@@ -7,13 +7,11 @@ thin client needs: no keyring, no cryptography, no asyncio.
 
 from __future__ import annotations
 
-import importlib
-
 # typing is left out on purpose: importing it costs the thin client more
 # than all of its own modules together.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "CredentialStorage": ".storage",
@@ -69,6 +67,10 @@ def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # importlib here, not at the top: it is not loaded at interpreter start,
+    # and the .pth hook of the model-forge integration imports this package.
+    import importlib
+
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -442,6 +442,40 @@ class Cli:
         self.stdout.write(f"{verb} from the old keyring layout: {_counts(counts) or 'nothing'}\n")
         return EXIT_OK
 
+    def cmd_integrate(self) -> int:
+        from .integrations import model_forge_env as mf
+
+        env = mf.probe(mf.find_python(self.args.python))
+        if self.args.remove:
+            removed = mf.remove_hook(env)
+            for path in removed:
+                self.stdout.write(f"removed {path}\n")
+            if not removed:
+                self.stdout.write(f"model-forge was not integrated for {env.python}\n")
+            return EXIT_OK
+        mf.require_model_forge(env)
+        mf.require_ours(env)
+        version = env.version or "?"
+        if self.args.print:
+            self.stdout.write(
+                f"# model-forge-llm {version} at {env.package}\n# would write {env.pth}:\n"
+                f"{mf.PTH_LINE}"
+            )
+            return EXIT_OK
+        written = mf.install_hook(env)
+        state = "integrated" if written else "already integrated"
+        self.stdout.write(
+            f"model-forge-llm {version} ({env.python}): {state}; it now reads and writes its "
+            f"secrets through the agent\n  hook: {env.pth}\n"
+            "  undo: modelforge-agent integrate model-forge --remove\n"
+        )
+        if written:
+            self.stderr.write(
+                "secrets still in model-forge's config files stay readable until you run "
+                "`modelforge-agent migrate`\n"
+            )
+        return EXIT_OK
+
     def cmd_doctor(self) -> int:
         import json
         from pathlib import Path

@@ -1,12 +1,10 @@
 """Moving secrets out of a model-forge config file into a credential store.
 
 Secrets are read from ``providers.<p>.auth_data`` (what model-forge writes)
-and ``providers.<p>.credentials`` (the older design's name). Values that are
-JSON strings are stored as they are; any other JSON value (``expires_in:
-28800``, ``null``, a list) is stored as its JSON text, and its key is listed
-in the credential ``(provider, "_auth_data_json_keys")`` (a JSON list of key
-names, no values) so :meth:`CredentialMigrator.restore_auth_data` gives the
-original types back.
+and ``providers.<p>.credentials`` (the older design's name), and stored in
+the layout of :mod:`.auth_data` (one credential per key, JSON types kept),
+so :meth:`CredentialMigrator.restore_auth_data` gives the original types
+back.
 
 Order of work, so that one authoritative copy exists at every instant:
 
@@ -30,12 +28,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .auth_data import JSON_KEYS_KEY, encode_auth_data, read_auth_data
 from .errors import CredentialStorageError, CredentialValidationError
 from .files import write_atomic
 from .storage import CredentialStorage
 
 SECRET_SECTIONS = ("auth_data", "credentials")
-JSON_KEYS_KEY = "_auth_data_json_keys"
 BACKUP_SUFFIX = ".pre-migration.bak"
 
 
@@ -133,7 +131,7 @@ class CredentialMigrator:
         mode = self._target.stat().st_mode & 0o777 if self._target.exists() else 0o600
         write_atomic(self._target, raw, mode=mode)
         for provider, keys in found.items():
-            encoded = _encode_all(keys)
+            encoded = encode_auth_data(keys)
             for key, value in encoded.items():
                 if self.new_storage.retrieve(provider, key) == value:
                     self.new_storage.delete(provider, key)
@@ -150,16 +148,7 @@ class CredentialMigrator:
 
     def restore_auth_data(self, provider: str) -> dict[str, Any]:
         """A provider's migrated ``auth_data`` with its original JSON types."""
-        raw_json_keys = self.new_storage.retrieve(provider, JSON_KEYS_KEY)
-        json_keys = set(json.loads(raw_json_keys)) if raw_json_keys else set()
-        result: dict[str, Any] = {}
-        for _, key in self.new_storage.list_keys(provider):
-            if key == JSON_KEYS_KEY:
-                continue
-            value = self.new_storage.retrieve(provider, key)
-            if value is not None:
-                result[key] = json.loads(value) if key in json_keys else value
-        return result
+        return read_auth_data(self.new_storage, provider)
 
     def _load(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -234,7 +223,7 @@ def _check_conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]
     conflicts = [
         f"{provider}/{key}"
         for provider, keys in found.items()
-        for key, value in _encode_all(keys).items()
+        for key, value in encode_auth_data(keys).items()
         if key != JSON_KEYS_KEY and storage.retrieve(provider, key) not in (None, value)
     ]
     if conflicts:
@@ -252,7 +241,7 @@ def _store_verified(
 ) -> None:
     """Store a provider's values, then read each back: the old copy may go
     only once the new one is known to be there."""
-    encoded = _encode_all(keys)
+    encoded = encode_auth_data(keys)
     for key, value in encoded.items():
         storage.store(provider, key, value)
     for key, value in encoded.items():
@@ -261,20 +250,6 @@ def _store_verified(
                 f"credential {provider}/{key} did not read back as stored; {kept}. Check "
                 "the backend (`modelforge-agent status`) and re-run the migration"
             )
-
-
-def _encode_all(keys: dict[str, Any]) -> dict[str, str]:
-    encoded: dict[str, str] = {}
-    json_keys = []
-    for key, value in keys.items():
-        if isinstance(value, str):
-            encoded[key] = value
-        else:
-            encoded[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-            json_keys.append(key)
-    if json_keys:
-        encoded[JSON_KEYS_KEY] = json.dumps(sorted(json_keys))
-    return encoded
 
 
 def _without_secrets(config: dict[str, Any]) -> dict[str, Any]:
