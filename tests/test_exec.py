@@ -427,3 +427,24 @@ def test_command_not_found_is_a_clear_error(agent: AgentWorkspace, mask: tuple[s
     assert result.returncode != 0
     assert b"command not found: 'no-such-command-8e1f'" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+# -- names, as model-forge spells them ----------------------------------------------------
+
+
+def _model_forge_normalize(provider_name: str) -> str:
+    # model-forge-llm 2.3, modelforge/auth.py: _normalize_provider_name_for_env, restated
+    # here so the test does not take our word for it (the real one is compared in
+    # tests/test_model_forge_real.py).
+    return provider_name.upper().replace("-", "_")
+
+
+@pytest.mark.parametrize("provider", ["openai", "github-copilot", "my.local", "a_b-c.d", "Ünï"])
+def test_exec_names_variables_exactly_as_model_forge_reads_them(provider: str) -> None:
+    from modelforge_credentials.secret_env import default_bindings
+
+    variables = {b.variable for b in default_bindings(provider, ["api_key", "access_token"])}
+    normalized = _model_forge_normalize(provider)
+    assert {f"MODELFORGE_{normalized}_API_KEY", f"MODELFORGE_{normalized}_ACCESS_TOKEN"} <= (
+        variables
+    )

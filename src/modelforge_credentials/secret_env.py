@@ -4,7 +4,8 @@ Which variables a provider's credentials fill, by default:
 
 - every provider: ``api_key`` -> ``MODELFORGE_<PROVIDER>_API_KEY`` and
   ``access_token`` -> ``MODELFORGE_<PROVIDER>_ACCESS_TOKEN`` (what model-forge
-  reads; provider upper-cased, ``-`` and ``.`` as ``_``);
+  reads, named exactly as model-forge names them: upper-cased, ``-`` as
+  ``_``, nothing else changed, so ``my.llm`` is ``MODELFORGE_MY.LLM_API_KEY``);
 - well-known SDK variables: ``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
   ``GOOGLE_API_KEY`` and ``GEMINI_API_KEY``, ``OPENROUTER_API_KEY``, ...
 
@@ -37,8 +38,9 @@ WELL_KNOWN: dict[str, tuple[str, ...]] = {
 MODELFORGE_KEYS = ("api_key", "access_token")
 
 
-def _env_part(name: str) -> str:
-    return name.upper().replace("-", "_").replace(".", "_")
+def modelforge_env_part(name: str) -> str:
+    """model-forge 2.3's ``_normalize_provider_name_for_env``, exactly."""
+    return name.upper().replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def default_bindings(provider: str, keys: Iterable[str]) -> list[Binding]:
     bindings = []
     for key in MODELFORGE_KEYS:
         if key in present:
-            variable = f"MODELFORGE_{_env_part(provider)}_{_env_part(key)}"
+            variable = f"MODELFORGE_{modelforge_env_part(provider)}_{modelforge_env_part(key)}"
             bindings.append(Binding(variable, provider, key, required=False))
     if "api_key" in present:
         for variable in WELL_KNOWN.get(provider.lower(), ()):
