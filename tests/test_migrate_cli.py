@@ -9,8 +9,7 @@ storage, by a backup path under a regular file, and by an immutable config
 directory (``chattr +i``: as root, modes alone stop nothing).
 
 The real model-forge (PyPI ``model-forge-llm``) is exercised only with
-``MODEL_FORGE_TEST_REAL_MODELFORGE=1``: it downloads ~360 MB into a throw-away
-venv (``MODEL_FORGE_REAL_MODELFORGE_VENV`` may name one already made).
+``MODEL_FORGE_TEST_REAL_MODELFORGE=1`` (tests/model_forge_venv.py).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import keyring
 import pytest
 
 from agent_harness import CLI, AgentWorkspace
+from model_forge_venv import base_dir, model_forge_venv, require_real_model_forge
 from modelforge_credentials import CredentialStorageError, CredentialValidationError
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
@@ -224,7 +224,7 @@ def test_confirm_removes_backups_and_a_rerun_has_nothing_to_do(
     assert f"{local_path}: no secrets to migrate" in rerun.stdout
     assert (global_path.read_bytes(), local_path.read_bytes()) == migrated
     late = migrate(agent, project, "--rollback")
-    assert late.returncode != 0
+    assert late.returncode == 1  # not found: there is nothing to roll back
     assert "no migration backup" in late.stderr
     assert items(storage) == {**EXPECTED_ITEMS, ("anthropic", "api_key"): ANTHROPIC_KEY}
 
@@ -234,8 +234,11 @@ def test_a_different_stored_value_is_refused_unless_overwrite(
 ) -> None:
     global_path, local_path, project = configs
     storage.store("openai", "api_key", OTHER_OPENAI_KEY)
+    dry = migrate(agent, project, "--dry-run")
+    assert dry.returncode == 2  # the dry run meets the conflict the real run would
+    assert "openai/api_key" in dry.stderr and "would move" in dry.stdout
     result = migrate(agent, project)
-    assert result.returncode != 0
+    assert result.returncode == 2  # invalid input, not "unavailable"
     assert "openai/api_key" in result.stderr and "--overwrite" in result.stderr
     assert_no_secret(result.stdout, result.stderr)
     assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
@@ -258,12 +261,68 @@ def test_global_and_local_disagreeing_are_refused_before_either_changes(
     local["providers"]["openai"]["auth_data"]["api_key"] = OTHER_OPENAI_KEY
     local_path.write_bytes(model_forge_bytes(local))
     result = migrate(agent, project)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "openai/api_key" in result.stderr
     assert_no_secret(result.stdout, result.stderr)
     # No secret is lost whatever happened: the local file still holds its own key.
     assert json.loads(local_path.read_bytes()) == local
     assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
+    assert storage.list_keys() == []
+
+
+def test_secrets_model_forge_writes_after_a_migration_are_newer_and_move_without_overwrite(
+    agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    global_path, _, _ = configs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert migrate(agent, elsewhere, "--config", str(global_path)).returncode == 0
+    # model-forge's own save_auth_data: re-read, set auth_data, json.dump(indent=4).
+    relogged = json.loads(global_path.read_bytes())
+    relogged["providers"]["openai"]["auth_data"] = {"api_key": OTHER_OPENAI_KEY}
+    global_path.write_bytes(model_forge_bytes(relogged))
+
+    doctor = subprocess.run(
+        [*CLI, "doctor", "--json"], capture_output=True, text=True, env=agent.env, cwd=elsewhere
+    )
+    problems = json.loads(doctor.stdout)["problems"]
+    assert any(str(global_path) in p["problem"] and "openai" in p["problem"] for p in problems)
+    assert any("modelforge-agent migrate" in p["fix"] for p in problems)
+    assert_no_secret(doctor.stdout, doctor.stderr)
+
+    dry = migrate(agent, elsewhere, "--dry-run", "--config", str(global_path))
+    assert dry.returncode == 0, dry.stderr
+    assert storage.retrieve("openai", "api_key") == OPENAI_KEY
+    result = migrate(agent, elsewhere, "--config", str(global_path))
+    assert result.returncode == 0, result.stderr
+    assert "holds secrets again" in result.stderr and "integrate model-forge" in result.stderr
+    assert "openai/api_key: the config's value replaces the stored one" in result.stdout
+    assert_no_secret(result.stdout, result.stderr)
+    assert storage.retrieve("openai", "api_key") == OTHER_OPENAI_KEY
+    assert json.loads(global_path.read_bytes()) == without_auth_data(GLOBAL)
+
+
+def test_rollback_forgets_the_migration_so_later_conflicts_are_refused_again(
+    agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    global_path, _, _ = configs
+    args = ("--config", str(global_path))
+    assert migrate(agent, tmp_path, *args).returncode == 0
+    assert migrate(agent, tmp_path, "--rollback", *args).returncode == 0
+    storage.store("openai", "api_key", OTHER_OPENAI_KEY)
+    result = migrate(agent, tmp_path, *args)
+    assert result.returncode == 2
+    assert storage.retrieve("openai", "api_key") == OTHER_OPENAI_KEY
+
+
+def test_deeply_nested_json_is_invalid_input_not_a_traceback(
+    agent: AgentWorkspace, storage: AgentStorage, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"providers": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = migrate(agent, tmp_path, "--config", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "nested too deeply" in result.stderr
     assert storage.list_keys() == []
 
 
@@ -289,35 +348,15 @@ def test_exec_after_migrate_gives_model_forge_its_key(
 
 # -- the real model-forge (opt-in: downloads it) --------------------------------------------
 
-REAL_VARIABLE = "MODEL_FORGE_TEST_REAL_MODELFORGE"
-REAL_VENV_VARIABLE = "MODEL_FORGE_REAL_MODELFORGE_VENV"
-
 
 @pytest.fixture(scope="module")
 def real_modelforge(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The ``modelforge`` executable of model-forge-llm in a throw-away venv."""
-    if os.environ.get(REAL_VARIABLE) != "1":
-        pytest.skip(f"set {REAL_VARIABLE}=1 to install model-forge-llm from PyPI (~360 MB)")
-    given = os.environ.get(REAL_VENV_VARIABLE)
-    venv = Path(given) if given else tmp_path_factory.mktemp("model-forge-llm") / "venv"
-    exe = venv / "bin" / "modelforge"
-    if not exe.exists():
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True
-            )
-            subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "-q", "model-forge-llm"],
-                check=True,
-                capture_output=True,
-                timeout=600,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
-            detail = getattr(err, "stderr", b"") or b""
-            pytest.skip(f"model-forge-llm cannot be installed here: {err} {detail[-500:]!r}")
-    return exe
+    """The ``modelforge`` executable of model-forge-llm 2.3.0, alone in its venv."""
+    require_real_model_forge()
+    return model_forge_venv(base_dir(tmp_path_factory), "alone") / "bin" / "modelforge"
 
 
+@pytest.mark.slow
 def test_real_model_forge_finds_the_migrated_key_under_exec(
     real_modelforge: Path, agent: AgentWorkspace, configs: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
     from .client.sync import AgentClient
+    from .migrate import CredentialMigrator
     from .storage import CredentialStorage
 
 EXIT_OK = 0
@@ -367,16 +368,9 @@ class Cli:
         import shlex
         from pathlib import Path
 
-        from .migrate import CredentialMigrator, check_migrations
+        from .migrate import CredentialMigrator, check_migrations, model_forge_configs
 
-        configs = [Path(p) for p in self.args.config] or [
-            p
-            for p in (
-                Path.home() / ".config" / "model-forge" / "config.json",
-                Path.cwd() / ".model-forge" / "config.json",
-            )
-            if p.exists()
-        ]
+        configs = [Path(p) for p in self.args.config] or model_forge_configs()
         if self.args.from_keyring:
             return self._migrate_from_keyring(configs)
         if not configs:
@@ -387,7 +381,8 @@ class Cli:
             return EXIT_NOT_FOUND
         storage = self._migration_storage()
         migrators = [CredentialMigrator(config, storage) for config in configs]
-        if not (self.args.rollback or self.args.confirm or self.args.dry_run):
+        moving = not (self.args.rollback or self.args.confirm)
+        if moving and not self.args.dry_run:
             check_migrations(migrators, overwrite=self.args.overwrite)
         for config, migrator in zip(configs, migrators, strict=True):
             quoted = shlex.quote(str(config))
@@ -401,6 +396,7 @@ class Cli:
                 self.stdout.write(f"{config}: {done}\n")
                 continue
             plan = migrator.plan()
+            self._say_which_wins(config, migrator, plan)
             counts = migrator.migrate_credentials(
                 dry_run=self.args.dry_run, overwrite=self.args.overwrite
             )
@@ -417,7 +413,31 @@ class Cli:
                     f"  confirm: modelforge-agent migrate --confirm --config {quoted} "
                     "(deletes the backup)\n"
                 )
+        if moving and self.args.dry_run:
+            # The same checks the real run makes first: its conflicts, exit 2.
+            check_migrations(migrators, overwrite=self.args.overwrite)
         return EXIT_OK
+
+    def _say_which_wins(
+        self, config: Path, migrator: CredentialMigrator, plan: dict[str, list[str]]
+    ) -> None:
+        at = migrator.migrated_at()
+        if not plan or at is None:
+            return
+        names = ", ".join(f"{p}/{k}" for p, keys in plan.items() for k in keys)
+        self.stderr.write(
+            f"warning: {config} holds secrets again since its migration on {at} "
+            f"({names}): model-forge wrote them there. `modelforge-agent integrate "
+            "model-forge` makes it write to the agent instead\n"
+        )
+        if self.args.overwrite:
+            return
+        for name in migrator.conflicts():
+            self.stdout.write(
+                f"{config}: {name}: the config's value replaces the stored one: the file "
+                f"had no secrets after the migration on {at}, so model-forge wrote this "
+                "value since and it is the newer one\n"
+            )
 
     def _migrate_from_keyring(self, configs: list[Path]) -> int:
         import json

@@ -25,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from . import __version__
 
-    parser.add_argument(
-        "--version", action="version", version=f"modelforge-agent {__version__}"
-    )
+    parser.add_argument("--version", action="version", version=f"modelforge-agent {__version__}")
     parser.add_argument(
         "--socket", help=f"agent socket (default: ${SOCKET_VARIABLE} or the runtime dir)"
     )
@@ -168,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --from-keyring: provider names to look for",
     )
 
-    integrate = add(
-        "integrate", "make a program read and write its secrets through the agent"
-    )
+    integrate = add("integrate", "make a program read and write its secrets through the agent")
     integrate.add_argument("program", choices=["model-forge"], help="the program")
     integrate.add_argument(
         "--python",

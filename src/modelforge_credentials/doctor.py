@@ -96,7 +96,42 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
     report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
 
     report["socket"] = _socket_report(report, socket_path, timeout)
+    report["model_forge_configs"] = _config_report(report)
     return report
+
+
+def _config_report(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plain-text secrets left in (or written again to) model-forge's configs."""
+    import shlex
+
+    from .migrate import migration_date, model_forge_configs, secret_names
+
+    found = []
+    for config in model_forge_configs():
+        entry: dict[str, Any] = {"path": str(config), "migrated_at": migration_date(config)}
+        try:
+            names = secret_names(config)
+        except CredentialStorageError as err:
+            entry["error"] = str(err)
+            _problem(report, f"{config} cannot be read: {err}", "fix the file by hand")
+            found.append(entry)
+            continue
+        entry["secrets"] = names
+        if names:
+            which = ", ".join(sorted(names))
+            again = (
+                f" again since its migration on {entry['migrated_at']} (model-forge wrote them)"
+                if entry["migrated_at"]
+                else ""
+            )
+            _problem(
+                report,
+                f"{config} holds plain-text secrets{again} for {which}",
+                f"modelforge-agent migrate --config {shlex.quote(str(config))}; then "
+                "`modelforge-agent integrate model-forge` so model-forge writes to the agent",
+            )
+        found.append(entry)
+    return found
 
 
 def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) -> dict[str, Any]:

@@ -18,6 +18,13 @@ stores the same values again); after it, the store holds the secrets. The
 backup stays until :meth:`~CredentialMigrator.confirm`; until then
 :meth:`~CredentialMigrator.rollback` restores the original file and removes
 the migrated copies from the store.
+
+After step 3 a small marker, ``<config>.migrated`` (a date, no secrets),
+records that the file was left without secrets. Secrets found in a config
+that has the marker were written there by model-forge since (a new login
+or a refreshed token), so they are newer than the store's: a re-run moves
+them without ``overwrite``. Without the marker a different stored value may
+be the newer one, and the migration refuses.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from .auth_data import JSON_KEYS_KEY, encode_auth_data, read_auth_data
-from .errors import CredentialStorageError, CredentialValidationError
+from .errors import CredentialNotFoundError, CredentialStorageError, CredentialValidationError
 from .files import write_atomic
 from .storage import CredentialStorage
 
 SECRET_SECTIONS = ("auth_data", "credentials")
 BACKUP_SUFFIX = ".pre-migration.bak"
+MARKER_SUFFIX = ".migrated"
 
 
 class MigrationError(CredentialStorageError):
@@ -43,6 +51,45 @@ class MigrationError(CredentialStorageError):
     The message says which step and what to do (usually: fix the cause and
     re-run, which is safe).
     """
+
+
+class MigrationConflictError(MigrationError, CredentialValidationError):
+    """Two copies of one secret differ and nothing says which is newer.
+
+    Raised before anything is written. The message names the credentials;
+    keep the right copy (delete the other, or re-run with ``--overwrite`` to
+    let the config win).
+    """
+
+
+class NothingToRollBackError(MigrationError, CredentialNotFoundError):
+    """No migration backup exists for this config (never migrated, or confirmed)."""
+
+
+def model_forge_configs() -> list[Path]:
+    """model-forge's config files that exist: the global one, then the local
+    one of the current directory (model-forge uses the local one instead of
+    the global one when it exists)."""
+    candidates = (
+        Path.home() / ".config" / "model-forge" / "config.json",
+        Path.cwd() / ".model-forge" / "config.json",
+    )
+    return [path for path in candidates if path.exists()]
+
+
+def _marker_path(config: Path) -> Path:
+    target = Path(os.path.realpath(config))
+    return target.with_name(target.name + MARKER_SUFFIX)
+
+
+def migration_date(config: Path) -> str | None:
+    """When ``config`` was last left without secrets (ISO 8601), if ever."""
+    try:
+        record = json.loads(_marker_path(config).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    at = record.get("migrated_at") if isinstance(record, dict) else None
+    return at if isinstance(at, str) else None
 
 
 class CredentialMigrator:
@@ -65,6 +112,7 @@ class CredentialMigrator:
             if backup_path is not None
             else self.old_config_path.with_name(self.old_config_path.name + BACKUP_SUFFIX)
         )
+        self.marker_path = _marker_path(self.old_config_path)
 
     def __repr__(self) -> str:
         return f"CredentialMigrator({str(self.old_config_path)!r})"
@@ -77,10 +125,24 @@ class CredentialMigrator:
 
     def plan(self) -> dict[str, list[str]]:
         """Provider -> names of the keys a migration would move. No values."""
+        return secret_names(self.old_config_path)
+
+    def migrated_at(self) -> str | None:
+        """When this config was last left without secrets (ISO 8601), if ever."""
+        return migration_date(self.old_config_path)
+
+    def conflicts(self) -> list[str]:
+        """``provider/key`` names whose stored value differs from the config's."""
         if not self.old_config_path.exists():
-            return {}
-        found = _secrets(self._load(self.old_config_path.read_bytes()))
-        return {provider: sorted(keys) for provider, keys in found.items()}
+            return []
+        return _conflicts(self.new_storage, _secrets(self._load(self.old_config_path.read_bytes())))
+
+    def refused_conflicts(self, overwrite: bool = False) -> list[str]:
+        """The conflicts a migration would refuse: none with ``overwrite`` or
+        when the config's values are known to be newer (:meth:`migrated_at`)."""
+        if overwrite or self.migrated_at() is not None:
+            return []
+        return self.conflicts()
 
     def migrate_credentials(self, dry_run: bool = False, overwrite: bool = False) -> dict[str, int]:
         """Migrate; returns provider -> number of credentials moved.
@@ -89,7 +151,9 @@ class CredentialMigrator:
         would move. A config without secrets (e.g. already migrated) gives
         ``{}``. A store that already holds a *different* value for one of
         the names stops the migration before anything is written (the newer
-        secret may be the one in the store), unless ``overwrite``.
+        secret may be the one in the store), unless ``overwrite``, or unless
+        the config was migrated before: then model-forge wrote the config's
+        value since, and it is the newer one.
         """
         if not self.old_config_path.exists():
             return {}
@@ -99,8 +163,7 @@ class CredentialMigrator:
         counts = {provider: len(keys) for provider, keys in found.items()}
         if dry_run or not found:
             return counts
-        if not overwrite:
-            _check_conflicts(self.new_storage, found)
+        _refuse(self.refused_conflicts(overwrite))
 
         mode = self._target.stat().st_mode & 0o777
         write_atomic(self.backup_path, raw, mode=0o600)
@@ -112,7 +175,15 @@ class CredentialMigrator:
                 f"the config {self.old_config_path} was not changed",
             )
         write_atomic(self._target, _dump(_without_secrets(config), raw), mode=mode)
+        self._mark()
         return counts
+
+    def _mark(self) -> None:
+        from datetime import UTC, datetime
+
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        record = {"migrated_at": at, "by": "modelforge-agent migrate", "secrets": "none here"}
+        write_atomic(self.marker_path, (json.dumps(record) + "\n").encode("utf-8"), mode=0o600)
 
     def rollback(self) -> dict[str, int]:
         """Put the original config back and remove the migrated copies.
@@ -122,7 +193,7 @@ class CredentialMigrator:
         number of credentials put back into the config.
         """
         if not self.backup_path.exists():
-            raise MigrationError(
+            raise NothingToRollBackError(
                 f"no migration backup at {self.backup_path}: nothing to roll back "
                 "(it is removed once a migration is confirmed)"
             )
@@ -136,6 +207,7 @@ class CredentialMigrator:
                 if self.new_storage.retrieve(provider, key) == value:
                     self.new_storage.delete(provider, key)
         self.backup_path.unlink()
+        self.marker_path.unlink(missing_ok=True)  # the config holds secrets again, on purpose
         return {provider: len(keys) for provider, keys in found.items()}
 
     def confirm(self) -> bool:
@@ -151,18 +223,34 @@ class CredentialMigrator:
         return read_auth_data(self.new_storage, provider)
 
     def _load(self, raw: bytes) -> dict[str, Any]:
-        try:
-            config = json.loads(raw)
-        except ValueError as err:
-            raise CredentialValidationError(
-                f"{self.old_config_path} is not valid JSON (line {getattr(err, 'lineno', '?')}); "
-                "fix it by hand before migrating"
-            ) from None
-        if not isinstance(config, dict):
-            raise CredentialValidationError(
-                f"{self.old_config_path} is not a model-forge config (not a JSON object)"
-            )
-        return config
+        return load_config(self.old_config_path, raw)
+
+
+def load_config(path: Path, raw: bytes) -> dict[str, Any]:
+    """A model-forge config's JSON object; invalid input says where and what to do."""
+    try:
+        config = json.loads(raw)
+    except ValueError as err:
+        raise CredentialValidationError(
+            f"{path} is not valid JSON (line {getattr(err, 'lineno', '?')}); "
+            "fix it by hand before migrating"
+        ) from None
+    except RecursionError:
+        raise CredentialValidationError(
+            f"{path} is nested too deeply to be a model-forge config; "
+            "fix it by hand before migrating"
+        ) from None
+    if not isinstance(config, dict):
+        raise CredentialValidationError(f"{path} is not a model-forge config (not a JSON object)")
+    return config
+
+
+def secret_names(config: Path) -> dict[str, list[str]]:
+    """Provider -> names of the secrets ``config`` holds. No values."""
+    if not config.exists():
+        return {}
+    found = _secrets(load_config(config, config.read_bytes()))
+    return {provider: sorted(keys) for provider, keys in found.items()}
 
 
 def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -180,7 +268,7 @@ def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 continue
             for key, value in values.items():
                 if key in merged and merged[key] != value:
-                    raise MigrationError(
+                    raise MigrationConflictError(
                         f"provider {provider!r} has two different values for {key!r} (in "
                         "auth_data and in credentials); keep the right one, delete the "
                         "other from the config, and re-run the migration"
@@ -208,26 +296,28 @@ def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = F
             for key, value in keys.items():
                 known = merged.setdefault(provider, {})
                 if key in known and known[key] != value:
-                    raise MigrationError(
+                    raise MigrationConflictError(
                         f"{origin[(provider, key)]} and {migrator.old_config_path} hold "
                         f"different values for {provider}/{key}; nothing was changed. Make "
                         "them agree (or migrate one file with --config) and re-run"
                     )
                 known[key] = value
                 origin.setdefault((provider, key), migrator.old_config_path)
-    if not overwrite and migrators:
-        _check_conflicts(migrators[0].new_storage, merged)
+    _refuse(sorted({name for m in migrators for name in m.refused_conflicts(overwrite)}))
 
 
-def _check_conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> None:
-    conflicts = [
+def _conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> list[str]:
+    return [
         f"{provider}/{key}"
         for provider, keys in found.items()
         for key, value in encode_auth_data(keys).items()
         if key != JSON_KEYS_KEY and storage.retrieve(provider, key) not in (None, value)
     ]
+
+
+def _refuse(conflicts: list[str]) -> None:
     if conflicts:
-        raise MigrationError(
+        raise MigrationConflictError(
             "the credential store already holds different values for "
             + ", ".join(conflicts)
             + "; nothing was changed. Keep the right ones: delete the stale store entries "
