@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Run the whole test suite in the project's own virtual environment.
 
-    python3 tests/run.py [pytest arguments...]
+    python3 tests/run.py [--slow] [pytest arguments...]
 
 Creates ``.venv`` beside the sources on first use (or ``$MODEL_FORGE_VENV``),
 installs the package with its test dependencies, then runs pytest and exits
-with pytest's status. Needs only Python 3.11+.
+with pytest's status. Needs only Python 3.11+. Tests marked ``slow`` (builds,
+clean virtual environments, the real model-forge-llm) run only with
+``--slow``, as CI runs them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ def main() -> int:
         print("model-forge-credentials needs Python 3.11 or newer", file=sys.stderr)
         return 2
     python = ensure_venv()
-    args = sys.argv[1:] or ["-q"]
+    args = sys.argv[1:]
+    slow = "--slow" in args
+    args = [a for a in args if a != "--slow"] or ["-q"]
+    if not slow and "-m" not in args:
+        args = ["-m", "not slow", *args]
     return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
 
 

@@ -17,14 +17,14 @@ import types
 from pathlib import Path
 
 import pytest
-from agent_harness import CLI, TIMEOUT, AgentWorkspace
 
+from agent_harness import CLI, TIMEOUT, AgentWorkspace
 from modelforge_credentials import EncryptedFileStorage
 from modelforge_credentials.auth_data import JSON_KEYS_KEY, read_auth_data
 from modelforge_credentials.integrations import model_forge, model_forge_env
 
 # model-forge 2.3's three functions, as its auth.py writes them, over CONFIG.
-FAKE_AUTH = '''
+FAKE_AUTH = """
 import json, os
 CONFIG = os.environ["FAKE_MODELFORGE_CONFIG"]
 
@@ -61,7 +61,7 @@ class ApiKeyAuth:
         save_auth_data(self.provider_name, {"api_key": key})
     def get_credentials(self):
         return get_auth_data(self.provider_name) or None
-'''
+"""
 
 TOKEN = {
     "access_token": "ghu_token_value_0001",

@@ -11,6 +11,7 @@ fresh module before anyone can call it.
 from __future__ import annotations
 
 import sys
+from importlib.abc import Loader
 
 TARGET = "modelforge.auth"
 
@@ -34,28 +35,27 @@ class AuthModuleFinder:
             if finder is cls:
                 continue
             find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
+            spec: ModuleSpec | None = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
         else:
             return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+        if isinstance(spec.loader, Loader):
             spec.loader = AdapterLoader(spec.loader)
         return spec
 
 
-class AdapterLoader:
+class AdapterLoader(Loader):
     """Runs the real loader, then installs the adapter on the module."""
 
-    def __init__(self, loader: object) -> None:
+    def __init__(self, loader: Loader) -> None:
         self.loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        create = getattr(self.loader, "create_module", None)
-        return create(spec) if create is not None else None
+        return self.loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        self.loader.exec_module(module)  # type: ignore[attr-defined]
+        self.loader.exec_module(module)
         from .model_forge import install
 
         install(module)
@@ -68,5 +68,5 @@ class AdapterLoader:
 def arm() -> type[AuthModuleFinder]:
     """Watch for ``modelforge.auth`` (idempotent); the finder that does."""
     if AuthModuleFinder not in sys.meta_path:
-        sys.meta_path.insert(0, AuthModuleFinder)  # type: ignore[arg-type]
+        sys.meta_path.insert(0, AuthModuleFinder)
     return AuthModuleFinder
