@@ -18,8 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REAL_VARIABLE = "MODEL_FORGE_TEST_REAL_MODELFORGE"
 REAL_VENV_VARIABLE = "MODEL_FORGE_REAL_MODELFORGE_VENV"
 MODEL_FORGE = "model-forge-llm==2.3.0"
@@ -45,7 +43,13 @@ atexit.register(_record)
 """
 
 
+class VenvError(RuntimeError):
+    """A virtual environment could not be made (the message says which step)."""
+
+
 def require_real_model_forge() -> None:
+    import pytest
+
     if not _ENABLED:
         pytest.skip(f"set {REAL_VARIABLE}=1 to install {MODEL_FORGE} from PyPI (~360 MB)")
 
@@ -57,36 +61,51 @@ def _run(*argv: str | Path, env: dict[str, str] | None = None) -> None:
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
         detail = getattr(err, "stderr", b"") or b""
-        pytest.fail(f"{' '.join(map(str, argv[:4]))} failed: {err} {detail[-800:]!r}")
+        raise VenvError(f"{' '.join(map(str, argv[:4]))} failed: {err} {detail[-800:]!r}") from err
 
 
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = Path(_KEEP_IN) if _KEEP_IN else tmp_path_factory.getbasetemp() / "model-forge-llm"
+def base_dir(tmp_path_factory: object) -> Path:
+    """Where the environments live: ``$MODEL_FORGE_REAL_MODELFORGE_VENV`` or the
+    test session's temporary directory."""
+    if _KEEP_IN:
+        base = Path(_KEEP_IN)
+    else:
+        base = tmp_path_factory.getbasetemp() / "model-forge-llm"  # type: ignore[attr-defined]
     base.mkdir(parents=True, exist_ok=True)
     return base
 
 
+_built: dict[Path, Path] = {}
+
+
+def our_wheel(base: Path, env: dict[str, str]) -> Path:
+    """This checkout's wheel, built once per process (a kept venv gets the new one)."""
+    if base not in _built:
+        wheels = base / f"wheel-{os.getpid()}"
+        _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT, env=env)
+        _built[base] = next(wheels.glob("*.whl"))
+    return _built[base]
+
+
 def model_forge_venv(base: Path, how: str) -> Path:
     """A venv with model-forge-llm 2.3.0 and this package installed ``how``:
-    ``"wheel"`` (built from this checkout), ``"editable"`` or ``"alone"``."""
+    ``"wheel"`` (built from this checkout), ``"editable"`` or ``"alone"``
+    (model-forge only); ``"ours"`` is this package's wheel without model-forge.
+    A venv kept from an earlier run is reused, with this checkout's wheel
+    reinstalled. Raises :class:`VenvError`."""
     venv = base / f"venv-{how}"
     stamp = venv / ".ready"
-    if stamp.exists():
-        return venv
     env = {**os.environ, "PIP_CACHE_DIR": str(base / "pip-cache"), "PIP_NO_INPUT": "1"}
     env.pop("PYTHONPATH", None)
-    _run(sys.executable, "-m", "venv", "--clear", venv, env=env)
     pip = (venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check")
-    if how == "wheel":
-        wheels = base / "wheel"
-        if not list(wheels.glob("*.whl")):
-            _run(*pip[:3], "wheel", "-q", "--no-deps", "-w", wheels, ROOT, env=env)
-        ours: tuple[str | Path, ...] = (next(wheels.glob("*.whl")),)
-    elif how == "editable":
-        ours = ("-e", ROOT)
-    else:
-        ours = ()
-    _run(*pip, MODEL_FORGE, *ours, env=env)
+    wheel = our_wheel(base, env) if how in ("wheel", "ours") else None
+    if stamp.exists():
+        if wheel is not None:
+            _run(*pip, "--no-deps", "--force-reinstall", wheel, env=env)
+        return venv
+    _run(sys.executable, "-m", "venv", "--clear", venv, env=env)
+    ours: tuple[str | Path, ...] = {"editable": ("-e", ROOT), "alone": ()}.get(how, (wheel,))
+    _run(*pip, *(() if how == "ours" else (MODEL_FORGE,)), *ours, env=env)
     stamp.write_text(how)
     return venv
 

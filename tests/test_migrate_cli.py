@@ -30,7 +30,7 @@ import keyring
 import pytest
 
 from agent_harness import CLI, AgentWorkspace
-from model_forge_venv import base_dir, model_forge_venv, require_real_model_forge
+from model_forge_venv import VenvError, base_dir, model_forge_venv, require_real_model_forge
 from modelforge_credentials import CredentialStorageError, CredentialValidationError
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
@@ -353,7 +353,10 @@ def test_exec_after_migrate_gives_model_forge_its_key(
 def real_modelforge(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``modelforge`` executable of model-forge-llm 2.3.0, alone in its venv."""
     require_real_model_forge()
-    return model_forge_venv(base_dir(tmp_path_factory), "alone") / "bin" / "modelforge"
+    try:
+        return model_forge_venv(base_dir(tmp_path_factory), "alone") / "bin" / "modelforge"
+    except VenvError as err:
+        pytest.fail(str(err))
 
 
 @pytest.mark.slow

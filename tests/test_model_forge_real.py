@@ -27,6 +27,7 @@ import pytest
 
 from model_forge_venv import (
     MODULES_OUT,
+    VenvError,
     base_dir,
     model_forge_venv,
     require_real_model_forge,
@@ -86,7 +87,10 @@ def token_url() -> Iterator[str]:
 @pytest.fixture(scope="module", params=["wheel", "editable"])
 def venv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_real_model_forge()
-    return model_forge_venv(base_dir(tmp_path_factory), request.param)
+    try:
+        return model_forge_venv(base_dir(tmp_path_factory), request.param)
+    except VenvError as err:
+        pytest.fail(str(err))
 
 
 class Session:

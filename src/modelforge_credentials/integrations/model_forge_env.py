@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,8 @@ class ModelForgeEnvironment:
 
 
 def find_python(python: str | None) -> str:
-    """``--python``, else the interpreter of the ``modelforge`` on ``PATH``."""
+    """``--python``, else the interpreter of the ``modelforge`` on ``PATH`` (or
+    in this interpreter's own ``bin``)."""
     if python:
         resolved = shutil.which(python)
         if resolved is None:
@@ -130,7 +132,10 @@ def find_python(python: str | None) -> str:
                 "where model-forge-llm is installed"
             )
         return resolved
-    executable = shutil.which("modelforge")
+    # On PATH, else beside our own interpreter (both in one venv, not activated).
+    executable = shutil.which("modelforge") or shutil.which(
+        "modelforge", path=os.path.dirname(sys.executable)
+    )
     if executable is None:
         raise CredentialNotFoundError(
             "no `modelforge` executable on PATH; install model-forge-llm, or pass "
