@@ -487,3 +487,126 @@ def test_repr_and_plan_hold_no_secret(config_path: Path, store: EncryptedFileSto
     migrator.migrate_credentials()
     assert_no_secret(repr(migrator))
     assert_no_secret(repr(store))
+
+
+# -- model-forge writing while migrate runs; hard links; not a regular file --------------
+
+NEW_PROVIDER_KEY = "sk-ant-written-during-migration-42"
+
+
+def model_forge_adds_a_provider(path: Path) -> None:
+    """model-forge's save_auth_data: re-read the file, add, ``open("w")`` + json.dump."""
+    config = json.loads(path.read_bytes())
+    config["providers"]["anthropic"] = {
+        "llm_type": "anthropic",
+        "auth_strategy": "api_key",
+        "auth_data": {"api_key": NEW_PROVIDER_KEY},
+    }
+    with open(path, "w") as handle:
+        json.dump(config, handle, indent=4)
+
+
+class WritesConfigOnFirstReadBack(FailAfterStores):
+    """model-forge saving a new provider while the migration reads back its stores."""
+
+    def __init__(self, inner: EncryptedFileStorage, config: Path) -> None:
+        super().__init__(inner, budget=10**6)
+        self.config = config
+        self.done = False
+
+    def retrieve(self, provider: str, key: str) -> str | None:
+        if not self.done:
+            self.done = True
+            model_forge_adds_a_provider(self.config)
+        return self.inner.retrieve(provider, key)
+
+
+def assert_everything_arrived(path: Path, store: EncryptedFileStorage) -> None:
+    assert store.retrieve("anthropic", "api_key") == NEW_PROVIDER_KEY
+    assert store.retrieve("openai", "api_key") == OPENAI_KEY
+    config = json.loads(path.read_bytes())
+    assert "auth_data" not in json.dumps(config)
+    assert config["providers"]["anthropic"]["llm_type"] == "anthropic"  # its config survives
+
+
+def test_a_write_while_migrating_is_migrated_not_lost(
+    config_path: Path, store: EncryptedFileStorage
+) -> None:
+    migrator = CredentialMigrator(config_path, WritesConfigOnFirstReadBack(store, config_path))
+    migrator.migrate_credentials()
+    assert_everything_arrived(config_path, store)
+
+
+def test_a_write_into_the_replaced_file_is_migrated_not_lost(
+    config_path: Path, store: EncryptedFileStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that opened the config just before the rename writes into the old
+    inode: the migration must notice and take that content too."""
+    from modelforge_credentials import migrate
+
+    real_write_atomic = migrate.write_atomic
+    late: list[bool] = []
+
+    def replace_then_write_old(path: Path, data: bytes, **kwargs: Any) -> Any:
+        if path != config_path.resolve() or late:
+            return real_write_atomic(path, data, **kwargs)
+        late.append(True)
+        old = open(path, "r+")  # model-forge's open("w"), before our rename
+        stamp = real_write_atomic(path, data, **kwargs)
+        content = json.loads(open(path.with_name(path.name + BACKUP_SUFFIX)).read())
+        content["providers"]["anthropic"] = {
+            "llm_type": "anthropic",
+            "auth_strategy": "api_key",
+            "auth_data": {"api_key": NEW_PROVIDER_KEY},
+        }
+        old.truncate(0)
+        json.dump(content, old, indent=4)
+        old.close()
+        return stamp
+
+    monkeypatch.setattr(migrate, "write_atomic", replace_then_write_old)
+    CredentialMigrator(config_path, store).migrate_credentials()
+    assert late == [True]
+    assert_everything_arrived(config_path, store)
+
+
+def test_a_config_that_never_stops_changing_is_refused_with_nothing_lost(
+    config_path: Path, store: EncryptedFileStorage
+) -> None:
+    class AlwaysWriting(FailAfterStores):
+        def retrieve(self, provider: str, key: str) -> str | None:
+            raw = json.loads(config_path.read_bytes())
+            raw.setdefault("settings", {})["tick"] = raw.get("settings", {}).get("tick", 0) + 1
+            config_path.write_text(json.dumps(raw, indent=4))
+            return self.inner.retrieve(provider, key)
+
+    with pytest.raises(MigrationError, match="kept changing"):
+        CredentialMigrator(config_path, AlwaysWriting(store, 10**6)).migrate_credentials()
+    assert OPENAI_KEY in config_path.read_text()  # still in the config...
+    assert store.retrieve("openai", "api_key") == OPENAI_KEY  # ...and in the store
+
+
+def test_a_hard_linked_config_is_refused_before_anything_is_written(
+    config_path: Path, store: EncryptedFileStorage, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-name.json"
+    os.link(config_path, other)
+    before = config_path.read_bytes()
+    with pytest.raises(CredentialValidationError) as caught:
+        CredentialMigrator(config_path, store).migrate_credentials()
+    message = str(caught.value)
+    assert "2 hard links" in message and "-samefile" in message
+    assert_no_secret(message)
+    assert config_path.read_bytes() == before == other.read_bytes()
+    assert store.list_keys() == [] and not backup_of(config_path).exists()
+
+
+def test_a_fifo_at_the_config_path_is_refused_without_blocking(
+    tmp_path: Path, store: EncryptedFileStorage
+) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CredentialStorageError, match="not a regular file"):
+        CredentialMigrator(fifo, store).migrate_credentials()
+    with pytest.raises(CredentialStorageError, match="not a regular file"):
+        CredentialMigrator(fifo, store).plan()

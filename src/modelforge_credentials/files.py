@@ -13,8 +13,10 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import CredentialStorageUnavailableError
 
@@ -86,6 +88,32 @@ def write_new_private(path: Path, data: bytes, mode: int = 0o600) -> tuple[int, 
     finally:
         os.close(fd)
     return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+class NotRegularFileError(CredentialStorageUnavailableError):
+    """A path that should be a regular file is a FIFO, device, socket or directory."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading, refusing anything but a regular file.
+
+    O_NONBLOCK keeps a FIFO planted at the path from blocking the open
+    forever; the type is checked on the opened descriptor, so a swap after
+    a stat cannot pass. Raises FileNotFoundError when absent.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(
+                f"{path} is not a regular file (a FIFO, device, socket or directory); "
+                "move it away and try again"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def temp_path_for(path: Path) -> Path:

@@ -32,17 +32,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 from .auth_data import JSON_KEYS_KEY, encode_auth_data, read_auth_data
 from .errors import CredentialNotFoundError, CredentialStorageError, CredentialValidationError
-from .files import write_atomic
+from .files import open_regular, write_atomic
 from .storage import CredentialStorage
 
 SECRET_SECTIONS = ("auth_data", "credentials")
 BACKUP_SUFFIX = ".pre-migration.bak"
 MARKER_SUFFIX = ".migrated"
+#: Start-overs when model-forge writes the config during a migration.
+MAX_ATTEMPTS = 5
 
 
 class MigrationError(CredentialStorageError):
@@ -60,6 +63,11 @@ class MigrationConflictError(MigrationError, CredentialValidationError):
     keep the right copy (delete the other, or re-run with ``--overwrite`` to
     let the config win).
     """
+
+
+class UnsafeConfigError(MigrationError, CredentialValidationError):
+    """The config cannot be rewritten without leaving its secrets behind
+    (it has other hard links). The message says how to make it safe."""
 
 
 class NothingToRollBackError(MigrationError, CredentialNotFoundError):
@@ -121,7 +129,8 @@ class CredentialMigrator:
         """True when the config file exists and still holds secrets."""
         if not self.old_config_path.exists() or self.old_config_path.stat().st_size == 0:
             return False
-        return bool(_secrets(self._load(self.old_config_path.read_bytes())))
+        raw = _read_or_none(self.old_config_path)
+        return raw is not None and bool(_secrets(self._load(raw)))
 
     def plan(self) -> dict[str, list[str]]:
         """Provider -> names of the keys a migration would move. No values."""
@@ -133,16 +142,19 @@ class CredentialMigrator:
 
     def conflicts(self) -> list[str]:
         """``provider/key`` names whose stored value differs from the config's."""
-        if not self.old_config_path.exists():
-            return []
-        return _conflicts(self.new_storage, _secrets(self._load(self.old_config_path.read_bytes())))
+        raw = _read_or_none(self.old_config_path)
+        return [] if raw is None else _conflicts(self.new_storage, _secrets(self._load(raw)))
 
-    def refused_conflicts(self, overwrite: bool = False) -> list[str]:
+    def refused_conflicts(
+        self, overwrite: bool = False, found: dict[str, dict[str, Any]] | None = None
+    ) -> list[str]:
         """The conflicts a migration would refuse: none with ``overwrite`` or
         when the config's values are known to be newer (:meth:`migrated_at`)."""
         if overwrite or self.migrated_at() is not None:
             return []
-        return self.conflicts()
+        if found is None:
+            return self.conflicts()
+        return _conflicts(self.new_storage, found)
 
     def migrate_credentials(self, dry_run: bool = False, overwrite: bool = False) -> dict[str, int]:
         """Migrate; returns provider -> number of credentials moved.
@@ -154,29 +166,60 @@ class CredentialMigrator:
         secret may be the one in the store), unless ``overwrite``, or unless
         the config was migrated before: then model-forge wrote the config's
         value since, and it is the newer one.
+
+        model-forge rewrites its config without a lock. So the file is
+        compared with what was read just before it is replaced, and the
+        replaced file is checked afterwards for a write that went into it
+        (a writer that opened it before the rename): either way the
+        migration starts over from the newer content, so no secret written
+        meanwhile is lost. A config with other hard links is refused: the
+        other names would keep the plain-text secrets.
         """
         if not self.old_config_path.exists():
             return {}
-        raw = self.old_config_path.read_bytes()
-        config = self._load(raw)
-        found = _secrets(config)
-        counts = {provider: len(keys) for provider, keys in found.items()}
-        if dry_run or not found:
+        recovered: bytes | None = None
+        expected: bytes | None = None
+        for _ in range(MAX_ATTEMPTS):
+            with open_regular(self._target) as handle:
+                on_disk = handle.read()
+                read = os.fstat(handle.fileno())
+                _refuse_hard_links(self.old_config_path, read.st_nlink)
+                raw = recovered if recovered is not None else on_disk
+                if expected is not None and on_disk != expected:
+                    raw = on_disk  # a newer write replaced our output: start from it
+                config = self._load(raw)
+                found = _secrets(config)
+                counts = {provider: len(keys) for provider, keys in found.items()}
+                if dry_run or not found:
+                    return counts
+                _refuse(self.refused_conflicts(overwrite, found))
+                write_atomic(self.backup_path, raw, mode=0o600)
+                for provider, keys in found.items():
+                    _store_verified(
+                        self.new_storage,
+                        provider,
+                        keys,
+                        f"the config {self.old_config_path} was not changed",
+                    )
+                if _read_or_none(self._target) != on_disk:
+                    recovered, expected = None, None
+                    continue  # changed while we stored: migrate the newer content
+                output = _dump(_without_secrets(config), raw)
+                write_atomic(self._target, output, mode=stat.S_IMODE(read.st_mode))
+                after = os.fstat(handle.fileno())
+                if (after.st_size, after.st_mtime_ns) != (read.st_size, read.st_mtime_ns):
+                    # Written into the file we just replaced: its content is
+                    # nowhere else now, so it is migrated next.
+                    handle.seek(0)
+                    recovered, expected = handle.read(), output
+                    continue
+            self._mark()
             return counts
-        _refuse(self.refused_conflicts(overwrite))
-
-        mode = self._target.stat().st_mode & 0o777
-        write_atomic(self.backup_path, raw, mode=0o600)
-        for provider, keys in found.items():
-            _store_verified(
-                self.new_storage,
-                provider,
-                keys,
-                f"the config {self.old_config_path} was not changed",
-            )
-        write_atomic(self._target, _dump(_without_secrets(config), raw), mode=mode)
-        self._mark()
-        return counts
+        raise MigrationError(
+            f"{self.old_config_path} kept changing while it was migrated ({MAX_ATTEMPTS} "
+            "attempts); every secret read from it is in the store and in the backup "
+            f"{self.backup_path}. Close model-forge and re-run the migration"
+        )
 
     def _mark(self) -> None:
         from datetime import UTC, datetime
@@ -247,9 +290,10 @@ def load_config(path: Path, raw: bytes) -> dict[str, Any]:
 
 def secret_names(config: Path) -> dict[str, list[str]]:
     """Provider -> names of the secrets ``config`` holds. No values."""
-    if not config.exists():
+    raw = _read_or_none(config)
+    if raw is None:
         return {}
-    found = _secrets(load_config(config, config.read_bytes()))
+    found = _secrets(load_config(config, raw))
     return {provider: sorted(keys) for provider, keys in found.items()}
 
 
@@ -289,9 +333,10 @@ def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = F
     merged: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], Path] = {}
     for migrator in migrators:
-        if not migrator.old_config_path.exists():
+        raw = _read_or_none(migrator.old_config_path)
+        if raw is None:
             continue
-        found = _secrets(migrator._load(migrator.old_config_path.read_bytes()))
+        found = _secrets(migrator._load(raw))
         for provider, keys in found.items():
             for key, value in keys.items():
                 known = merged.setdefault(provider, {})
@@ -304,6 +349,25 @@ def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = F
                 known[key] = value
                 origin.setdefault((provider, key), migrator.old_config_path)
     _refuse(sorted({name for m in migrators for name in m.refused_conflicts(overwrite)}))
+
+
+def _refuse_hard_links(config: Path, links: int) -> None:
+    if links > 1:
+        raise UnsafeConfigError(
+            f"{config} has {links} hard links: rewriting it would leave the plain-text secrets "
+            f"under its other names. Nothing was changed. Find them with `find / -xdev "
+            f"-samefile {config}`, remove the others (or break the link: `cp -p {config} "
+            f"{config}.copy && mv {config}.copy {config}`), and re-run"
+        )
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes, ``None`` if absent; a FIFO or device is refused."""
+    try:
+        with open_regular(path) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def _conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> list[str]:
