@@ -33,6 +33,7 @@ from ..files import (
     exclusive_lock,
     fsync_dir,
     make_private_dir,
+    open_regular,
     remove_stale_temps,
     temp_path_for,
     write_atomic,
@@ -95,7 +96,10 @@ class EncryptedFileStorage:
         # that another process rewrote must not cost another Argon2id run.
         self._keks: dict[tuple[str, KdfParams, bytes], bytes] = {}
         self._mutex = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        # Set when a write merged what another process had written since our
+        # last read: the file's stamp is then our own, so a reader of
+        # changed_since_last_access() must be told once.
+        self._merged_outside_change = False
         # The file as last read or written, decrypted, with its stamp: while
         # the file on disk is that same file, reads and read-modify-writes
         # skip the read, decryption and unpacking (most of a store's cost
@@ -146,8 +150,12 @@ class EncryptedFileStorage:
         state = self._current()
         return state.credentials if state is not None else {}
 
-    def _current(self) -> _State | None:
-        """The current file decrypted; from memory while the file is unchanged."""
+    def _current(self, *, merging: bool = False) -> _State | None:
+        """The current file decrypted; from memory while the file is unchanged.
+
+        ``merging``: called by a write under the file lock; if the file
+        changed since we last saw it, remember to report it.
+        """
         state = self._state
         if state is not None:
             try:
@@ -155,14 +163,16 @@ class EncryptedFileStorage:
                     return state
             except FileNotFoundError:
                 pass
-        parsed = self._read_parsed()
-        if parsed is None:
+        read = self._read_parsed()
+        if merging and state is not None:
+            self._merged_outside_change = True
+        if read is None:
             self._state = None
             return None
+        parsed, stamp = read
         data_key = self._data_key(parsed.envelope)
         credentials = parsed.decrypt(data_key)
-        assert self._stamp is not None
-        self._state = _State(self._stamp, parsed.envelope, data_key, credentials)
+        self._state = _State(stamp, parsed.envelope, data_key, credentials)
         return self._state
 
     def store_many(self, items: dict[str, dict[str, str]]) -> None:
@@ -177,19 +187,23 @@ class EncryptedFileStorage:
 
     @property
     def protection(self) -> str:
-        """``"passphrase"``, ``"keyfile"``, or what a first store would use."""
-        parsed = self._read_parsed()
-        if parsed is not None:
-            return parsed.envelope.protection
+        """``"passphrase"``, ``"keyfile"``, or what a first store would use.
+
+        Reads the header only, and records nothing: a look at the file must
+        not make a change by another process look already seen.
+        """
+        read = self._read_parsed()
+        if read is not None:
+            return read[0].envelope.protection
         return PASSPHRASE if self._passphrase is not None else KEYFILE
 
     @property
     def locked(self) -> bool:
         """True while the file needs a passphrase that has not been given."""
-        parsed = self._read_parsed()
-        if parsed is None or parsed.envelope.protection != PASSPHRASE:
+        read = self._read_parsed()
+        if read is None or read[0].envelope.protection != PASSPHRASE:
             return False
-        return parsed.envelope.kek_id not in self._keks and self._passphrase is None
+        return read[0].envelope.kek_id not in self._keks and self._passphrase is None
 
     def unlock(self, passphrase: str) -> None:
         """Check ``passphrase`` against the file and keep it for this session.
@@ -198,7 +212,8 @@ class EncryptedFileStorage:
         changed) when it does not open the file.
         """
         secret = _passphrase_bytes(passphrase)
-        parsed = self._read_parsed()
+        read = self._read_parsed()
+        parsed = read[0] if read is not None else None
         if parsed is not None and parsed.envelope.protection == PASSPHRASE:
             kek = parsed.envelope.kdf.derive(secret, parsed.envelope.salt)
             parsed.envelope.unwrap(kek)
@@ -225,7 +240,8 @@ class EncryptedFileStorage:
             self.unlock(current)
         make_private_dir(self.config_dir)
         with exclusive_lock(self.lock_path):
-            parsed = self._read_parsed()
+            read = self._read_parsed()
+            parsed = read[0] if read is not None else None
             if parsed is None:
                 credentials: Credentials = {}
                 data_key = os.urandom(fileformat.KEY_SIZE)
@@ -254,30 +270,35 @@ class EncryptedFileStorage:
     # -- internals ---------------------------------------------------------------
 
     def changed_since_last_access(self) -> bool:
-        """Whether the file was replaced since this object last read or wrote it.
+        """Whether another process changed the file since this object last read
+        it: replaced it since, or wrote to it before a write of ours merged
+        that change (reported once).
 
         One ``stat``: cheap enough for a cache to ask on every hit.
         """
+        if self._merged_outside_change:
+            self._merged_outside_change = False
+            return True
+        known = self._state.stamp if self._state is not None else None
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
-            return self._stamp is not None
-        return _stamp(info) != self._stamp
+            return known is not None
+        return _stamp(info) != known
 
-    def _read_parsed(self) -> fileformat.ParsedFile | None:
+    def _read_parsed(self) -> tuple[fileformat.ParsedFile, tuple[int, int, int]] | None:
+        """The file parsed (not decrypted) and its stamp; ``None`` if absent."""
         try:
-            with open(self.path, "rb") as handle:
+            with open_regular(self.path) as handle:
                 blob = handle.read()
                 stamp = _stamp(os.fstat(handle.fileno()))
         except FileNotFoundError:
-            self._stamp = None
             return None
         except OSError as err:
             raise CredentialStorageUnavailableError(
                 f"cannot read {self.path}: {err.strerror}; check its permissions"
             ) from err
-        self._stamp = stamp
-        return fileformat.parse(blob)
+        return fileformat.parse(blob), stamp
 
     def _data_key(self, envelope: Envelope) -> bytes:
         if envelope.protection == KEYFILE:
@@ -371,7 +392,7 @@ class EncryptedFileStorage:
         make_private_dir(self.config_dir)
         with exclusive_lock(self.lock_path):
             remove_stale_temps(self.path)
-            state = self._current()
+            state = self._current(merging=True)
             if state is None:
                 data_key = os.urandom(fileformat.KEY_SIZE)
                 envelope = self._new_envelope(data_key, self._passphrase)
@@ -388,10 +409,10 @@ class EncryptedFileStorage:
             self._write(envelope, data_key, credentials)
 
     def _write(self, envelope: Envelope, data_key: bytes, credentials: Credentials) -> None:
-        self._stamp = write_atomic(
+        stamp = write_atomic(
             self.path, fileformat.encode(envelope, data_key, credentials), backup=self.backup_path
         )
-        self._state = _State(self._stamp, envelope, data_key, credentials)
+        self._state = _State(stamp, envelope, data_key, credentials)
 
 
 class _State(NamedTuple):
