@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_agent_inprocess import RawConnection, serve
 
 from modelforge_credentials import EncryptedFileStorage, KdfParams
 from modelforge_credentials.daemon.state import AgentConfig
 from modelforge_credentials.protocol import Op
+from test_agent_inprocess import RawConnection, serve
 
 STALE_BOUND = AgentConfig().file_check_interval
 
