@@ -5,6 +5,12 @@ one small frame out: answering a cache hit inside ``data_received`` costs no
 task, no future and no extra copy. Replies leave in request order; a request
 that needs the backend parks the connection's later requests until it is
 answered, while other connections go on.
+
+What one connection may hold is bounded: a few dozen frames answered per
+loop turn (fairness), replies no further than the write high-water mark
+past what the peer has read (memory), and a slot in the connection table
+that a new connection takes over once this one is idle, mid-frame, or not
+reading its replies.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from ..protocol import (
     BAD_REQUEST,
     HEADER_SIZE,
     INTERNAL,
-    PROTOCOL_VERSION,
     TOO_LARGE,
     EncodeError,
     FrameDecoder,
@@ -37,6 +42,7 @@ from ..protocol import (
     encode_frame,
     error_reply,
     parse_request,
+    peek_retrieve,
 )
 from .audit import AuditLog
 from .state import MISS, Agent
@@ -99,15 +105,25 @@ class _Fatal:
 
 Item = Request | _Fatal | dict[str, object]
 
-_FIXMAP_5 = 0x85  # msgpack map of 5 entries: v, id, op, provider, key
-_UINT64_LIMIT = 1 << 64
-_unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True, datetime=False).pack
 
 #: Frames answered per event-loop turn before other connections get a go.
 FRAMES_PER_TURN = 32
-#: Replies buffered for a peer that does not read before we stop reading it.
+#: Replies buffered for a peer that does not read before we stop answering
+#: and reading it; one reply (at most a frame) may cross it.
 WRITE_HIGH_WATER = 256 * 1024
+
+
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes the peer sent that the kernel holds and we have not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(unread, sys.byteorder)
 
 
 class AgentConnection(asyncio.Protocol):
@@ -130,6 +146,7 @@ class AgentConnection(asyncio.Protocol):
         self._scheduled = False
         self._reading = True
         self._deadline: asyncio.TimerHandle | None = None
+        self._frame_began: float | None = None  # the agent's clock, while a frame is unfinished
         self.peer_pid: int | None = None
         self.peer_uid: int | None = None
         self._peer_exe: str | None = None
@@ -148,7 +165,7 @@ class AgentConnection(asyncio.Protocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.last_seen = self.server.loop.time()
+        self.last_seen = self.server.clock()
         self.server.register(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -159,13 +176,10 @@ class AgentConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._fatal is not None:
             return
-        self.last_seen = self.server.loop.time()
+        self.last_seen = self.server.clock()
         if (
-            len(data) > HEADER_SIZE
-            and data[HEADER_SIZE] == _FIXMAP_5
-            and not (self.busy or self.write_paused or self.eof or self.decoder.pending_bytes)
+            not (self.busy or self.write_paused or self.eof or self.decoder.pending_bytes)
             and self.server.audit is None
-            and int.from_bytes(data[:HEADER_SIZE], "big") == len(data) - HEADER_SIZE
         ):
             reply = self._cached_retrieve(data)
             if reply is not None:
@@ -183,28 +197,15 @@ class AgentConnection(asyncio.Protocol):
         """The reply to a lone cached ``retrieve`` frame, or None.
 
         The one request a tool sends on every call, answered without the
-        decoder, the Request object or the generic dispatch: measured, these
-        were most of the agent's time per request. Anything unusual, even a
-        valid request in another shape, goes the general way, which applies
-        every check.
+        decoder's buffer, the Request object or the generic dispatch:
+        measured, these were most of the agent's time per request. The
+        protocol's peek applies the general checks; whatever it does not
+        take, and every cache miss, goes the general way.
         """
-        try:
-            message = _unpackb(data[HEADER_SIZE:], raw=False)
-        except Exception:
+        peeked = peek_retrieve(data)
+        if peeked is None:
             return None
-        if type(message) is not dict or len(message) != 5 or message.get("op") != "retrieve":
-            return None
-        request_id = message.get("id")
-        provider = message.get("provider")
-        key = message.get("key")
-        if (
-            message.get("v") != PROTOCOL_VERSION
-            or type(request_id) is not int
-            or not 0 <= request_id < _UINT64_LIMIT
-            or type(provider) is not str
-            or type(key) is not str
-        ):
-            return None
+        request_id, provider, key = peeked
         found = self.agent.cached(provider, key)
         if found is MISS:
             return None
@@ -224,6 +225,7 @@ class AgentConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_seen = self.server.clock()  # the peer reads: it is alive
         self._schedule()
 
     # -- the pump -----------------------------------------------------------------
@@ -244,20 +246,25 @@ class AgentConnection(asyncio.Protocol):
             return error_reply(err.request_id, err.code, str(err))
 
     def _pump(self) -> None:
-        """Answer what can be answered now, in order, within this turn's budget."""
+        """Answer what can be answered now, in order, within this turn's budget:
+        FRAMES_PER_TURN frames, and replies up to the write high-water mark
+        counting those the peer has not taken yet (a frame count alone let
+        32 large replies pile up at once)."""
         self._scheduled = False
         replies: list[bytes] = []
         budget = FRAMES_PER_TURN
+        assert self.transport is not None
+        unsent = self.transport.get_write_buffer_size()
         exhausted = False
         while not (self.closing or self.busy or self.write_paused):
-            if budget == 0:
+            if budget == 0 or unsent >= WRITE_HIGH_WATER:
                 break
             item = self._next_item()
             if item is None:
                 exhausted = True
                 break
             budget -= 1
-            self._process(item, replies)
+            unsent += self._process(item, replies)
         self._flush(replies)
         if self.closing:
             return
@@ -288,26 +295,28 @@ class AgentConnection(asyncio.Protocol):
             else:
                 self.transport.pause_reading()
 
-    def _process(self, item: Item, replies: list[bytes]) -> None:
-        """Answer ``item`` now if possible; otherwise start the slow path."""
+    def _process(self, item: Item, replies: list[bytes]) -> int:
+        """Answer ``item`` now if possible, otherwise start the slow path;
+        the size of the reply added to ``replies``."""
         if isinstance(item, _Fatal):
             replies.append(_encode(item.reply))
             self._flush(replies)
             self._close()
-            return
+            return 0
         if isinstance(item, dict):
             replies.append(_encode(item))
-            return
+            return len(replies[-1])
         reply = self.agent.fast(item)
         if reply is not None:
             if self.server.audit is not None:
                 self._audit(item, reply)
             replies.append(_encode(reply))
-            return
+            return len(replies[-1])
         self.busy = True
         task = self.server.loop.create_task(self._slow(item))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
+        return 0
 
     async def _slow(self, req: Request) -> None:
         reply = await self.agent.slow(req)
@@ -335,20 +344,35 @@ class AgentConnection(asyncio.Protocol):
         replies.clear()
 
     def _close(self) -> None:
+        """Close once the replies already written are sent (a fatal error, end of stream)."""
         self.closing = True
         self._cancel_deadline()
         if self.transport is not None:
             self.transport.close()
 
+    def _abort(self) -> None:
+        """Close now, dropping unsent replies: close() would keep the socket and
+        its buffer until a peer that may never read had read them."""
+        self.closing = True
+        self._cancel_deadline()
+        if self.transport is not None:
+            self.transport.abort()
+
     # -- read deadline: one frame may stay unfinished this long ----------------------
+
+    # The loop's timer closes a stalled frame even when nothing else happens;
+    # the agent's (injected) clock dates the frame, so that a full connection
+    # table drops overdue frames by the same clock as every other timer.
 
     def _arm_deadline(self) -> None:
         if self._deadline is None:
+            self._frame_began = self.server.clock()
             self._deadline = self.server.loop.call_later(
                 self.server.read_deadline, self._deadline_passed
             )
 
     def _cancel_deadline(self) -> None:
+        self._frame_began = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -356,19 +380,39 @@ class AgentConnection(asyncio.Protocol):
     def _deadline_passed(self) -> None:
         self._deadline = None
         if self.decoder.pending_bytes and not self.closing and not self.busy:
-            log.info("closing a connection that left a frame unfinished")
-            self._close()
+            self.cut_off()
+
+    def overdue(self, now: float) -> bool:
+        """A frame unfinished for the read deadline or longer."""
+        began = self._frame_began
+        return began is not None and now - began >= self.server.read_deadline
+
+    def cut_off(self) -> None:
+        log.info("closing a connection that left a frame unfinished")
+        self._abort()
+
+    # -- eviction: which connection a new one may replace ------------------------------
 
     def evictable(self) -> bool:
-        """Idle: nothing in flight, nothing buffered, nothing unread in the kernel."""
-        if self.busy or self.decoder.pending_bytes or self.closing or self.transport is None:
-            return False
-        sock = self.transport.get_extra_info("socket")
-        try:
-            unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except OSError:
+        """Not working: idle, mid-frame, not reading its replies, or closing.
+
+        Working is a request in flight or due (busy, more frames scheduled)
+        or one the kernel holds unread while we are still reading this
+        peer. A peer we stopped reading because it does not read its
+        replies is not working, whatever it has sent.
+        """
+        if self.closing or self.write_paused:
             return True
-        return int.from_bytes(unread, sys.byteorder) == 0
+        if self.busy or self._scheduled or self.transport is None:
+            return False
+        return _unread_bytes(self.transport) == 0
+
+    def eviction_order(self) -> tuple[bool, float]:
+        """Sort key: first the connections that never completed a frame, do not
+        read their replies or are closing; then the others; least recently
+        heard from first."""
+        worked = self.frames_done > 0 and not self.write_paused and not self.closing
+        return worked, self.last_seen
 
 
 class AgentServer:
@@ -385,6 +429,7 @@ class AgentServer:
     ) -> None:
         self.audit = audit
         self.agent = agent
+        self.clock = agent.clock
         self.max_connections = max_connections
         self.read_deadline = read_deadline
         self.allowed_uids = allowed_uids or frozenset({os.getuid(), 0})
@@ -404,20 +449,31 @@ class AgentServer:
 
     def register(self, conn: AgentConnection) -> None:
         if len(self.connections) >= self.max_connections:
-            # Make room by dropping an idle connection: first those that never
-            # completed a frame, oldest first, so a flood of idle connections
-            # cannot lock out a client that is working (or about to).
-            idle = [c for c in self.connections if c.evictable()]
-            if idle:
-                victim = min(idle, key=lambda c: (c.frames_done > 0, c.last_seen))
-                victim._close()
-                self.connections.pop(victim, None)
-            else:
-                conn._close()
+            self._make_room()
+            if len(self.connections) >= self.max_connections:
+                conn._abort()  # every connection is working
                 return
         self.connections[conn] = None
         if self.on_activity is not None:
             self.on_activity()
+
+    def _make_room(self) -> None:
+        """Drop every frame past the read deadline, or else one connection that
+        is not working (AgentConnection.eviction_order), so that a flood of
+        idle, half-sent or unread connections cannot lock out a client that
+        is working (or about to)."""
+        now = self.clock()
+        overdue = [c for c in self.connections if c.overdue(now) and not c.busy]
+        for conn in overdue:
+            conn.cut_off()
+            self.connections.pop(conn, None)
+        if overdue:
+            return
+        idle = [c for c in self.connections if c.evictable()]
+        if idle:
+            victim = min(idle, key=AgentConnection.eviction_order)
+            victim._abort()
+            self.connections.pop(victim, None)
 
     def unregister(self, conn: AgentConnection) -> None:
         self.connections.pop(conn, None)

@@ -6,11 +6,15 @@ work (hello, status, lock, cache hits, refusals while locked) and otherwise in
 calls are serialized, and the event loop never blocks on D-Bus, disk or the
 KDF. Time comes from an injected clock (and sleep), so timers are tested
 without waiting.
+
+The cache is touched only on the event loop's thread: the worker returns what
+it read, and the loop keeps it only if no lock came in between (``epoch``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -27,11 +31,13 @@ from ..errors import (
     CredentialLockedError,
     CredentialStorageError,
     CredentialStorageUnavailableError,
+    CredentialValidationError,
 )
 from ..protocol import (
     BAD_PASSPHRASE,
     ERROR_CODES,
     INTERNAL,
+    INVALID,
     LOCKED,
     OPS_ALLOWED_WHILE_LOCKED,
     PROTOCOL_VERSION,
@@ -50,6 +56,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Reply = dict[str, object]
 Pair = tuple[str, str]
+Credentials = dict[str, dict[str, str]]
 T = TypeVar("T")
 
 DEFAULT_IDLE_TIMEOUT = 15 * 60.0
@@ -163,6 +170,10 @@ class Agent:
         self.last_activity = self.started_at
         self.unlocked_at: float | None = None
         self.locked = False
+        # Bumped by every lock. A backend call that started in an older epoch
+        # was overtaken by a lock: its result is never cached (see _overtaken).
+        self.epoch = 0
+        self._calls_in_flight = 0
         self.protection = str(self._describe().get("protection", "unknown"))
         self.failed_unlocks = 0
         self._file_checked_at = float("-inf")
@@ -175,15 +186,10 @@ class Agent:
 
     async def start(self) -> None:
         """Learn whether the store needs a passphrase; load the cache if not."""
-        await self._run(self._refresh_lock_state)
-
-    def _refresh_lock_state(self) -> None:
         if self.file is None:
             return
-        self.protection = self.file.protection
-        self.locked = self.file.locked
-        if not self.locked:
-            self.cache.fill(self.file.load())
+        self.locked, self.protection = await self._run(_lock_state, self.file)
+        if not self.locked and await self._reload(self.epoch):
             self.unlocked_at = self.clock()
 
     def close(self) -> None:
@@ -214,10 +220,17 @@ class Agent:
         return min(deadlines) if deadlines else None
 
     def _lock(self) -> None:
+        self.epoch += 1
         self.cache.clear()
         self.unlocked_at = None
         if self.file is not None:
             self.file.lock()
+            if self._calls_in_flight:
+                # A call running on the worker may derive or decrypt again
+                # after the line above: forget it once it is done (the worker
+                # runs its jobs in order).
+                with contextlib.suppress(RuntimeError):  # shut down: nothing runs
+                    self.executor.submit(self.file.lock)
             self.locked = self.protection == "passphrase"
 
     # -- dispatch -------------------------------------------------------------
@@ -289,18 +302,21 @@ class Agent:
     async def slow(self, req: Request) -> Reply:
         """Answer ``req`` with backend work on the worker thread."""
         op = req.op
+        epoch = self.epoch
         try:
             if op is Op.UNLOCK:
-                return await self._unlock(req)
+                return await self._unlock(req, epoch)
             if self.locked:
                 return error_reply(
                     req.id, LOCKED, "the agent is locked: run `modelforge-agent unlock`"
                 )
             if self.file is not None and not self.cache.complete:
-                await self._run(self._reload)
-                quick = self.fast(req)
-                if quick is not None:
-                    return quick
+                if await self._reload(epoch):
+                    quick = self.fast(req)
+                    if quick is not None:
+                        return quick
+                elif (overtaken := self._overtaken(req, epoch)) is not None:
+                    return overtaken
             provider, key = req.provider or "", req.key or ""
             if op in (Op.STORE, Op.DELETE):
                 # A write merges what other processes wrote to the file and
@@ -312,29 +328,39 @@ class Agent:
                 if op is Op.STORE:
                     assert req.value is not None
                     await self._run(self.backend.store, provider, key, req.value)
-                    self.cache.put((provider, key), req.value)
+                    written: str | None = req.value
                     reply = ok_reply(req.id)
                 else:
                     deleted = await self._run(self.backend.delete, provider, key)
-                    self.cache.put((provider, key), None)
+                    written = None
                     reply = ok_reply(req.id, deleted=bool(deleted))
-                if stale:
-                    await self._run(self._reload)
+                # Answered as done even if a lock came meanwhile: it is durable.
+                if epoch == self.epoch:
+                    self.cache.put((provider, key), written)
+                    if stale:
+                        await self._reload(epoch)
                 return reply
             if op in (Op.RETRIEVE, Op.EXISTS):
                 value = await self._run(self.backend.retrieve, provider, key)
-                self.cache.put((provider, key), value)
+                if (overtaken := self._overtaken(req, epoch)) is not None:
+                    return overtaken
+                if epoch == self.epoch:
+                    self.cache.put((provider, key), value)
                 if op is Op.RETRIEVE:
                     return ok_reply(req.id, value=value)
                 return ok_reply(req.id, exists=value is not None)
             if op is Op.LIST:
                 names = await self._run(self.backend.list_keys, req.provider)
+                if (overtaken := self._overtaken(req, epoch)) is not None:
+                    return overtaken
                 return ok_reply(req.id, items=[list(p) for p in names])
         except (CredentialLockedError, CredentialBadPassphraseError) as err:
-            # Only unlock takes a passphrase: here the file was re-protected
-            # behind the agent's back (e.g. `passwd` from another process).
             if self.file is None:
                 return _failure(req.id, err)
+            if (overtaken := self._overtaken(req, epoch)) is not None:
+                return overtaken  # the agent's own lock got to the file first
+            # Only unlock takes a passphrase: here the file was re-protected
+            # behind the agent's back (e.g. `passwd` from another process).
             self._lock()
             self.locked = True
             self.protection = "passphrase"
@@ -372,6 +398,20 @@ class Agent:
             return pair
         return None
 
+    def _overtaken(self, req: Request, epoch: int) -> Reply | None:
+        """``locked`` for a request whose backend call a lock overtook, else None.
+
+        The lock was acknowledged before this answer, so it wins: nothing read
+        before it is answered after it.
+        """
+        if epoch == self.epoch or not self.locked:
+            return None
+        return error_reply(
+            req.id,
+            LOCKED,
+            f"the agent was locked while this {req.op.value} ran: run `modelforge-agent unlock`",
+        )
+
     def _cache_fresh(self, now: float) -> bool:
         """False when another process replaced the file (the cache is dropped).
 
@@ -388,18 +428,28 @@ class Agent:
             return False
         return True
 
-    def _reload(self) -> None:
+    async def _reload(self, epoch: int) -> bool:
+        """Load the whole file into the cache; False if a lock came meanwhile."""
         assert self.file is not None
-        self.cache.fill(self.file.load())
-        self.protection = self.file.protection
+        credentials, protection = await self._run(_read_file, self.file)
+        return self._keep(credentials, protection, epoch)
 
-    async def _unlock(self, req: Request) -> Reply:
+    def _keep(self, credentials: Credentials, protection: str, epoch: int) -> bool:
+        if epoch != self.epoch:
+            return False
+        self.cache.fill(credentials)
+        self.protection = protection
+        return True
+
+    async def _unlock(self, req: Request, epoch: int) -> Reply:
         assert req.passphrase is not None
         async with self._unlock_lock:
             if self.file is None:
                 return ok_reply(req.id)
             try:
-                await self._run(self._unlock_file, req.passphrase)
+                credentials, protection = await self._run(
+                    _unlock_and_read, self.file, req.passphrase
+                )
             except CredentialBadPassphraseError as err:
                 self.failed_unlocks += 1
                 delay = min(
@@ -410,18 +460,26 @@ class Agent:
                 # Slow down guessing; other clients are still served meanwhile.
                 await self.sleep(delay)
                 return error_reply(req.id, BAD_PASSPHRASE, str(err))
+            if not self._keep(credentials, protection, epoch):
+                # A lock was acknowledged since this unlock arrived (maybe
+                # while it waited for an earlier one): the lock wins, so the
+                # key this unlock derived goes too.
+                self.file.lock()
+                return self._overtaken(req, epoch) or ok_reply(req.id)
             self.failed_unlocks = 0
             self.locked = False
             self.unlocked_at = self.last_activity = self.clock()
             log.info("unlocked")
             return ok_reply(req.id)
 
-    def _unlock_file(self, passphrase: str) -> None:
-        assert self.file is not None
-        self.file.unlock(passphrase)
-        self._reload()
-
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        self._calls_in_flight += 1
+        try:
+            return await self._run_on_worker(fn, *args)
+        finally:
+            self._calls_in_flight -= 1
+
+    async def _run_on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, fn, *args)
         timeout = self.config.backend_timeout
@@ -484,6 +542,26 @@ def _plain_name(name: str) -> bool:
     return True
 
 
+def _lock_state(file: EncryptedFileStorage) -> tuple[bool, str]:
+    return file.locked, file.protection
+
+
+def _read_file(file: EncryptedFileStorage) -> tuple[Credentials, str]:
+    """On the worker: every credential and the file's protection."""
+    return file.load(), file.protection
+
+
+def _unlock_and_read(file: EncryptedFileStorage, passphrase: str) -> tuple[Credentials, str]:
+    file.unlock(passphrase)
+    return _read_file(file)
+
+
 def _failure(request_id: int, err: CredentialStorageError) -> Reply:
-    code = err.code if err.code in ERROR_CODES else INTERNAL
+    if isinstance(err, CredentialValidationError):
+        # A value over its limit is one the storage layer rejects (locally a
+        # CredentialTooLargeError): `invalid` on the wire, as any other
+        # rejected input. `too_large` is for frames (docs/PROTOCOL.md 5).
+        code = INVALID
+    else:
+        code = err.code if err.code in ERROR_CODES else INTERNAL
     return error_reply(request_id, code, str(err))

@@ -29,7 +29,7 @@ from .errors import (
 from .framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder, encode_frame
 from .ops import OPS_ALLOWED_WHILE_LOCKED, PROTOCOL_VERSION, Op
 from .reply import Reply, error_reply, expect_fields, ok_reply, parse_reply
-from .request import Request, encode_request, parse_request, request_message
+from .request import Request, encode_request, parse_request, peek_retrieve, request_message
 
 __all__ = [
     "BAD_PASSPHRASE",
@@ -65,5 +65,6 @@ __all__ = [
     "ok_reply",
     "parse_reply",
     "parse_request",
+    "peek_retrieve",
     "request_message",
 ]

@@ -24,6 +24,7 @@ HEADER_SIZE = 4
 MAX_FRAME_SIZE = 1_048_576
 
 _HEADER = struct.Struct(">I")
+_STR_ONLY = frozenset({str})  # key types allowed: exactly str (not a subclass, not bytes)
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
 
@@ -63,7 +64,7 @@ def encode_str_keyed_dict(message: dict[str, object]) -> bytes:
     raise EncodeError(f"message cannot be encoded as msgpack ({failure})")
 
 
-def _declared_map_len(body: bytes | bytearray) -> int:
+def _declared_map_len(body: bytes | bytearray | memoryview) -> int:
     """The entry count written in the map header at the start of ``body``."""
     first = body[0]
     if 0x80 <= first <= 0x8F:
@@ -85,6 +86,35 @@ def _describe_decode_failure(err: Exception) -> str:
     if isinstance(err, (msgpack.StackError, RecursionError)):
         return "msgpack nesting is too deep"
     return f"frame body is not valid msgpack ({type(err).__name__})"
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> dict[str, object]:
+    """The message in one frame body: exactly one msgpack map with distinct str keys.
+
+    Raises :class:`FrameError` (``bad_request``) otherwise. The one body check,
+    shared by :class:`FrameDecoder` and :func:`~.request.peek_retrieve`.
+    """
+    reason: str
+    try:
+        decoded: object = _unpackb(body, raw=False, strict_map_key=False)
+    except Exception as err:
+        # msgpack's C and pure-Python implementations raise different
+        # types (ValueError family, TypeError for unhashable keys,
+        # RecursionError); all of them mean the same thing here.
+        reason = _describe_decode_failure(err)
+    else:
+        if type(decoded) is not dict:
+            kind = "nil" if decoded is None else type(decoded).__name__
+            reason = f"frame body is a msgpack {kind}, not a map"
+        elif not {*map(type, decoded)} <= _STR_ONLY:
+            reason = "message keys must be msgpack strings"
+        elif len(decoded) != _declared_map_len(body):
+            reason = "message has duplicate keys"
+        else:
+            return decoded
+    # Raised here rather than inside ``except`` so no exception that may
+    # reference decoded data is attached as __context__.
+    raise FrameError(reason)
 
 
 class FrameDecoder:
@@ -170,27 +200,11 @@ class FrameDecoder:
             )
 
     def _decode(self, body: bytearray) -> dict[str, object]:
-        reason: str
         try:
-            decoded: object = _unpackb(body, raw=False, strict_map_key=False)
-        except Exception as err:
-            # msgpack's C and pure-Python implementations raise different
-            # types (ValueError family, TypeError for unhashable keys,
-            # RecursionError); all of them mean the same thing here.
-            reason = _describe_decode_failure(err)
-        else:
-            if type(decoded) is not dict:
-                kind = "nil" if decoded is None else type(decoded).__name__
-                reason = f"frame body is a msgpack {kind}, not a map"
-            elif not all(type(key) is str for key in decoded):
-                reason = "message keys must be msgpack strings"
-            elif len(decoded) != _declared_map_len(body):
-                reason = "message has duplicate keys"
-            else:
-                return decoded
-        # Raised here rather than inside ``except`` so no exception that may
-        # reference decoded data is attached as __context__.
-        self._fail(FrameError(reason))
+            return decode_body(body)
+        except FrameError as err:
+            failure = err
+        self._fail(failure)
 
     def _compact(self) -> None:
         if self._pos:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, RequestError
-from .framing import encode_str_keyed_dict
+from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, ProtocolError, RequestError
+from .framing import HEADER_SIZE, MAX_FRAME_SIZE, decode_body, encode_str_keyed_dict
 from .ops import PROTOCOL_VERSION, Op
 
 # The thin client imports this module: typing and dataclasses stay out of
@@ -18,6 +18,7 @@ _UINT64_LIMIT = 1 << 64
 _MISSING = object()
 _OPS_BY_NAME: dict[str, Op] = {op.value: op for op in Op}
 _RESERVED_REQUEST_KEYS = frozenset({"v", "id", "op"})
+_FIXMAP_5 = 0x85
 
 # The one table of per-operation request fields: (name, optional).  Every
 # field listed is a str; an optional one may also be absent or nil.
@@ -117,6 +118,49 @@ def parse_request(message: Mapping[str, object]) -> Request:
     Unknown extra fields are ignored.  Raises :class:`RequestError` with the
     reply code and the request id (None when ``id`` is unusable).
     """
+    request_id, op = _checked_header(message)
+    values = _checked_fields(message, request_id, op)
+    return Request(
+        request_id,
+        op,
+        values.get("provider"),
+        values.get("key"),
+        values.get("value"),
+        values.get("passphrase"),
+    )
+
+
+def peek_retrieve(data: bytes) -> tuple[int, str, str] | None:
+    """``(id, provider, key)`` when ``data`` is exactly one frame holding a
+    ``retrieve`` request; None for anything else.
+
+    An agent's hot path: the request a tool sends on every call, without a
+    decoder's buffer or a :class:`Request`. The checks are the general ones
+    (:func:`~.framing.decode_body`, then those of :func:`parse_request`), so a
+    None only means "not taken here": hand ``data`` to a :class:`FrameDecoder`
+    and :func:`parse_request`, which give the answer, error or not.
+    """
+    # Cheap exits first, for speed only: a five-entry map (v, id, op,
+    # provider, key) as clients send it, filling the frame exactly.
+    if len(data) <= HEADER_SIZE or data[HEADER_SIZE] != _FIXMAP_5:
+        return None
+    if int.from_bytes(data[:HEADER_SIZE], "big") != len(data) - HEADER_SIZE:
+        return None
+    if len(data) - HEADER_SIZE > MAX_FRAME_SIZE:
+        return None
+    try:
+        message = decode_body(data[HEADER_SIZE:])
+        request_id, op = _checked_header(message)
+        if op is not Op.RETRIEVE:
+            return None
+        values = _checked_fields(message, request_id, op)
+    except ProtocolError:
+        return None
+    return request_id, values["provider"], values["key"]
+
+
+def _checked_header(message: Mapping[str, object]) -> tuple[int, Op]:
+    """``v``, ``id`` and ``op``, checked in the order docs/PROTOCOL.md 5.1 gives."""
     raw_id = message.get("id", _MISSING)
     request_id = raw_id if _is_uint64(raw_id) else None
 
@@ -164,8 +208,12 @@ def parse_request(message: Mapping[str, object]) -> Request:
             code=UNKNOWN_OP,
             request_id=request_id,
         )
+    return request_id, op
 
-    values: dict[str, str | None] = {}
+
+def _checked_fields(message: Mapping[str, object], request_id: int, op: Op) -> dict[str, str]:
+    """The operation's fields (section 4 of docs/PROTOCOL.md), each checked to be a str."""
+    values: dict[str, str] = {}
     for name, optional in _REQUEST_FIELDS[op]:
         field_value = message.get(name)
         if field_value is None:
@@ -186,14 +234,7 @@ def parse_request(message: Mapping[str, object]) -> Request:
                 request_id=request_id,
             )
         values[name] = field_value
-    return Request(
-        request_id,
-        op,
-        values.get("provider"),
-        values.get("key"),
-        values.get("value"),
-        values.get("passphrase"),
-    )
+    return values
 
 
 def request_message(request_id: int, op: Op | str, **fields: object) -> dict[str, object]:
