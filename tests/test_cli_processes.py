@@ -592,7 +592,8 @@ def _foreign_owner(directory: Path) -> None:
 
 @pytest.mark.parametrize(
     ("prepare", "hint"),
-    [(_loose_mode, "chmod 700"), (_symlink, "remove"), (_foreign_owner, "remove")],
+    # Another uid's directory is not the user's to chmod or remove: only another path is.
+    [(_loose_mode, "chmod 700"), (_symlink, "remove"), (_foreign_owner, "private socket path")],
     ids=["mode-0755", "symlink", "other-owner"],
 )
 def test_serve_refuses_an_unsafe_socket_directory(

@@ -141,7 +141,7 @@ def break_directory(directory: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     ("how", "fix"),
-    [("mode-755", "chmod 700"), ("symlink", "rm -r"), ("owner-nobody", "rm -r")],
+    [("mode-755", "chmod 700"), ("symlink", "rm -r"), ("owner-nobody", "private socket path")],
 )
 def test_doctor_reports_an_unsafe_socket_directory_with_its_fix(
     workspace: AgentWorkspace, how: str, fix: str

@@ -135,3 +135,17 @@ ERRORS_BY_CODE: dict[str, type[CredentialStorageError]] = {
 def error_for_code(code: str, message: str) -> CredentialStorageError:
     """The exception a client raises for a failure reply with ``code``."""
     return ERRORS_BY_CODE.get(code, CredentialStorageError)(message)
+
+
+class UntrustedAgentError(CredentialStorageUnavailableError):
+    """The socket is not provably this user's own agent; nothing was sent to it.
+
+    Raised before the first byte when the process listening on the socket runs
+    as another uid (neither yours nor root), or when the socket's directory is
+    a symlink, belongs to another uid, or can be written by group or others (so
+    another user could have put a socket there first); and by ``stop`` when the
+    pid the agent reported is not a process of yours holding that socket.
+    Choose a private socket path: unset MODEL_FORGE_AGENT_SOCK for the default
+    ($XDG_RUNTIME_DIR/model-forge/agent.sock), or point it to a socket in a 0700
+    directory of your own. Raised by clients only: the agent never sends it.
+    """

@@ -39,6 +39,7 @@ PREFERRED_VARIABLE = "MODEL_FORGE_KEYRING_PREFERRED"
 PROVIDER_PREFIX = "keyring:"
 KEY_PREFIX = "user:"
 _ESCAPED = {"%"} | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def _encode(text: str) -> str:
@@ -46,11 +47,16 @@ def _encode(text: str) -> str:
 
 
 def _decode(text: str) -> str:
+    """The inverse of :func:`_encode`; ValueError for a ``%`` not followed by two hex digits."""
     out = []
     i = 0
     while i < len(text):
-        if text[i] == "%" and i + 3 <= len(text):
-            out.append(chr(int(text[i + 1 : i + 3], 16)))
+        if text[i] == "%":
+            digits = text[i + 1 : i + 3]
+            # Checked here, not by int(): it also takes signs, spaces and underscores.
+            if len(digits) != 2 or not all(d in _HEX_DIGITS for d in digits):
+                raise ValueError("a % not followed by two hex digits")
+            out.append(chr(int(digits, 16)))
             i += 3
         else:
             out.append(text[i])
@@ -62,8 +68,19 @@ def to_pair(service: str, username: str) -> tuple[str, str]:
     return PROVIDER_PREFIX + _encode(service), KEY_PREFIX + _encode(username)
 
 
-def from_key(key: str) -> str:
-    return _decode(key.removeprefix(KEY_PREFIX))
+def from_key(key: str, provider: str = "PROVIDER") -> str:
+    """The username of an agent key; a key this plugin cannot have written is a KeyringError."""
+    try:
+        return _decode(key.removeprefix(KEY_PREFIX))
+    except ValueError:
+        import shlex
+
+        command = f"modelforge-agent delete {shlex.quote(provider)} {shlex.quote(key)}"
+        raise errors.KeyringError(
+            f"the agent holds the name {key!r} under {provider!r}, which this keyring cannot "
+            "read as a username: every % in it must start a %XX escape with two hex digits; "
+            f"remove or rename it (`{command}`)"
+        ) from None
 
 
 def _qualname() -> str:
@@ -108,6 +125,15 @@ class AgentKeyring(KeyringBackend):
             self._storage = AgentStorage()
         return self._storage
 
+    def close(self) -> None:
+        """Close this thread's connection to the agent now; the next call reconnects.
+
+        Optional: keyring never calls it, and a connection also closes when its
+        thread ends or the backend is dropped.
+        """
+        if self._storage is not None:
+            self._storage.close()
+
     def get_password(self, service: str, username: str) -> str | None:
         try:
             value: str | None = self._store().retrieve(*to_pair(service, username))
@@ -143,7 +169,7 @@ class AgentKeyring(KeyringBackend):
         except CredentialStorageError as err:
             raise _translate(err) from None
         for _, key in names:
-            user = from_key(key)
+            user = from_key(key, provider)
             password = self.get_password(service, user)
             if password is not None:
                 return credentials.SimpleCredential(user, password)

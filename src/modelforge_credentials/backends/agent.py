@@ -17,7 +17,9 @@ class AgentStorage:
 
     With ``autostart`` (the default) a missing agent is started on first use,
     detached, and its protocol version is checked before any request. One
-    connection per thread, reused across calls.
+    connection per thread, reused across calls. A socket that is not provably
+    the user's agent raises ``UntrustedAgentError`` before anything is sent,
+    and is never taken for "not running": no agent is started beside it.
     """
 
     name = "agent"

@@ -1,8 +1,11 @@
 """asyncio agent client: pipelined calls from many tasks over one connection.
 
 Requests are written in call order and replies come back in the same order,
-so each call awaits the next future in a FIFO. When the connection drops,
-every pending call fails at once with an error instead of waiting forever.
+so each call awaits the next future in a FIFO. When the connection drops, or
+a reply answers no waiting call (the two ends no longer agree on the stream),
+every pending call fails at once, the connection is closed and later calls
+fail at once too, instead of waiting for the timeout. Nothing is sent before
+the socket passes :mod:`.peer`'s checks.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import socket
 from typing import Any
 
 from ..errors import (
@@ -28,6 +32,7 @@ from ..protocol import (
     expect_fields,
     parse_reply,
 )
+from .peer import check_listener, check_socket_directory
 from .sync import AgentNotRunningError, not_running_message
 
 
@@ -59,10 +64,16 @@ class AsyncAgentClient:
     async def connect(self) -> None:
         if self._writer is not None:
             return
+        check_socket_directory(self.path)
+        # Connected by hand, so the listener is checked before a stream exists to write to.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), self.timeout
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, self.path), self.timeout
             )
+            check_listener(sock, self.path)
+            self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         except FileNotFoundError:
             raise AgentNotRunningError(not_running_message(self.path, "no socket")) from None
         except ConnectionRefusedError:
@@ -74,6 +85,9 @@ class AsyncAgentClient:
                 f"cannot connect to the agent at {self.path} ({type(err).__name__}); check "
                 "MODEL_FORGE_AGENT_SOCK and `modelforge-agent status`"
             ) from None
+        finally:
+            if self._writer is None:
+                sock.close()
         self._failure = None
         self._reader_task = asyncio.create_task(self._read_replies())
 
@@ -137,32 +151,55 @@ class AsyncAgentClient:
                 f"the agent sent a reply this client cannot read ({err.message}); restart "
                 "it with `modelforge-agent stop`"
             )
+        except AgentProtocolError as err:
+            error = err
         except OSError as err:
             error = CredentialStorageUnavailableError(
                 f"lost the connection to the agent at {self.path} ({type(err).__name__})"
             )
+        # Every way out fails all waiting calls and later ones: none waits for a timeout.
         self._failure = error
         self._fail_pending(error)
+        if self._writer is not None:
+            self._writer.close()
 
     def _deliver(self, message: dict[str, object]) -> None:
+        """Settle the call ``message`` answers.
+
+        Raises AgentProtocolError for a reply no call waits for: the two ends
+        then disagree on the stream and every later reply would settle the
+        wrong call, so the reader gives the connection up.
+        """
+        restart = "; the connection was closed: restart the agent (`modelforge-agent stop`)"
         if not self._pending:
-            raise AgentProtocolError("the agent sent a reply nobody asked for")
+            raise AgentProtocolError(
+                f"the agent at {self.path} sent a reply nobody asked for{restart}"
+            )
         request_id, op, future = self._pending.popleft()
-        if future.done():
-            return
+        outcome: dict[str, object] | Exception
         try:
             reply = parse_reply(message)
             if reply.id != request_id:
-                raise AgentProtocolError(
-                    f"the agent answered request {reply.id} instead of {request_id}"
+                # A nil id is the agent refusing the stream itself; its message says why.
+                why = f" ({reply.error_message})" if reply.error_message else ""
+                desync = AgentProtocolError(
+                    f"the agent at {self.path} answered request {reply.id} while request "
+                    f"{request_id} was next{why}{restart}"
                 )
-            future.set_result(expect_fields(reply, op))
+                if not future.done():
+                    future.set_exception(desync)
+                raise desync
+            outcome = expect_fields(reply, op)
         except RemoteError as err:
-            future.set_exception(error_for_code(err.code, err.message))
+            outcome = error_for_code(err.code, err.message)
         except ProtocolError as err:
-            future.set_exception(AgentProtocolError(f"malformed reply ({err.message})"))
-        except AgentProtocolError as err:
-            future.set_exception(err)
+            outcome = AgentProtocolError(f"malformed reply ({err.message})")
+        if future.done():
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
     def _fail_pending(self, error: Exception) -> None:
         while self._pending:

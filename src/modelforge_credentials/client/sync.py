@@ -1,4 +1,4 @@
-"""Blocking agent client. Imports only the protocol, errors and ``socket``."""
+"""Blocking agent client. Imports only the protocol, errors, the peer check and ``socket``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..protocol import (
     expect_fields,
     parse_reply,
 )
+from .peer import check_listener, check_socket_directory
 
 # No typing, no pathlib: this module's import time is part of every
 # `modelforge-agent get`.
@@ -54,7 +55,8 @@ class AgentClient:
     """One connection to the agent. Not thread-safe: use one per thread.
 
     ``timeout`` bounds connecting and each reply, so a wedged peer gives an
-    error instead of a hang.
+    error instead of a hang. Nothing is sent before the socket's directory and
+    its listener's uid pass :mod:`.peer`'s checks (else ``UntrustedAgentError``).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class AgentClient:
     def connect(self) -> None:
         if self._sock is not None:
             return
+        check_socket_directory(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -107,6 +110,11 @@ class AgentClient:
                 f"cannot connect to the agent at {self.path}: {err.strerror or err}; "
                 "check MODEL_FORGE_AGENT_SOCK and the directory's permissions"
             ) from None
+        try:
+            check_listener(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         self._decoder = FrameDecoder()
 
@@ -114,6 +122,13 @@ class AgentClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def __del__(self) -> None:
+        # Owners that have no close hook (a keyring backend, a thread's connection in
+        # AgentStorage, dropped when the thread ends) must not leak the socket.
+        sock = getattr(self, "_sock", None)  # absent when __init__ failed
+        if sock is not None:
+            sock.close()
 
     def call(self, op: Op, **fields: Any) -> dict[str, object]:
         """Send one request and return its checked result fields."""

@@ -17,6 +17,7 @@ import socket
 import stat
 from pathlib import Path
 
+from ..client.peer import PRIVATE_SOCKET_ADVICE
 from ..errors import CredentialStorageUnavailableError
 
 
@@ -28,8 +29,32 @@ class AlreadyRunningError(AgentRuntimeError):
     """Another agent already serves this socket."""
 
 
+#: Directories every user shares or the system owns: advice never says to chmod or
+#: remove one. Root owns them, so for root, ownership cannot tell them from its own.
+SYSTEM_DIRS = frozenset(
+    {
+        "/", "/tmp", "/var/tmp", "/dev", "/dev/shm", "/run", "/run/user", "/var", "/var/run",
+        "/usr", "/etc", "/home", "/opt", "/srv", "/mnt", "/media",
+        "/private", "/private/tmp", "/private/var", "/private/var/tmp", "/Users", "/Volumes",
+    }
+)  # fmt: skip
+
+
+def _yours_to_change(path: Path, info: os.stat_result) -> bool:
+    """Whether advice may say to chmod or remove ``path``: the user's own entry, not a
+    sticky directory others share (/tmp), not a system directory (or a link to one)."""
+    if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
+        return False
+    return not {os.path.abspath(path), os.path.realpath(path)} & SYSTEM_DIRS
+
+
 def check_private_dir(path: Path, *, create: bool = True) -> None:
-    """Make sure ``path`` is a directory only the current user can use."""
+    """Make sure ``path`` is a directory only the current user can use.
+
+    The message's advice after its first ``;`` (doctor shows it as the fix)
+    changes or removes ``path`` only when it is the user's own; otherwise it
+    says to choose a private socket path.
+    """
     uid = os.getuid()
     try:
         info = os.lstat(path)
@@ -47,22 +72,37 @@ def check_private_dir(path: Path, *, create: bool = True) -> None:
         except FileExistsError:
             pass
         except OSError as err:
-            raise AgentRuntimeError(f"cannot create {path}: {err.strerror}") from err
+            raise AgentRuntimeError(
+                f"cannot create {path}: {err.strerror}; {PRIVATE_SOCKET_ADVICE}"
+            ) from err
         info = os.lstat(path)
-    fix = f"remove it (rm -r {path}) so the agent can create it, or choose another path"
+    yours = _yours_to_change(path, info)
+    elsewhere = f"leave {path} as it is and {PRIVATE_SOCKET_ADVICE}"
+    remove = (
+        f"remove it (rm -r {path}) so the agent can create it, or {PRIVATE_SOCKET_ADVICE}"
+        if yours
+        else elsewhere
+    )
     if stat.S_ISLNK(info.st_mode):
-        raise AgentRuntimeError(f"the socket directory {path} is a symlink; {fix}")
+        raise AgentRuntimeError(f"the socket directory {path} is a symlink; {remove}")
     if not stat.S_ISDIR(info.st_mode):
-        raise AgentRuntimeError(f"the socket directory {path} is not a directory; {fix}")
+        raise AgentRuntimeError(f"the socket directory {path} is not a directory; {remove}")
     if info.st_uid != uid:
         raise AgentRuntimeError(
             f"the socket directory {path} belongs to uid {info.st_uid}, not to you "
-            f"(uid {uid}); {fix}"
+            f"(uid {uid}); {elsewhere}"
         )
     if info.st_mode & 0o077:
+        mode = stat.S_IMODE(info.st_mode)
+        if not yours:
+            kind = "shared by every user" if mode & stat.S_ISVTX else "a system directory"
+            raise AgentRuntimeError(
+                f"the socket directory {path} (mode {mode:o}) is {kind}, open to others; "
+                f"{elsewhere}"
+            )
         raise AgentRuntimeError(
-            f"the socket directory {path} has mode {stat.S_IMODE(info.st_mode):o}, open to "
-            f"group or others; run `chmod 700 {path}` or {fix}"
+            f"the socket directory {path} has mode {mode:o}, open to group or others; "
+            f"run `chmod 700 {path}` or {PRIVATE_SOCKET_ADVICE}"
         )
 
 
