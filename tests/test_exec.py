@@ -448,3 +448,45 @@ def test_exec_names_variables_exactly_as_model_forge_reads_them(provider: str) -
     assert {f"MODELFORGE_{normalized}_API_KEY", f"MODELFORGE_{normalized}_ACCESS_TOKEN"} <= (
         variables
     )
+
+
+# -- collisions and the exit status of a command that cannot run ----------------------
+
+
+def test_two_providers_filling_one_variable_are_refused_naming_both(
+    agent: AgentWorkspace,
+) -> None:
+    with AgentClient(agent.socket, timeout=TIMEOUT) as client:
+        client.store("OpenAI", "api_key", "sk-the-other-openai-value")
+    result = run(agent, "--", sys.executable, "-c", "print('ran')")
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "'OpenAI'" in err and "'openai'" in err and "-p" in err
+    assert b"ran" not in result.stdout
+    assert "sk-the-other-openai-value" not in err
+    # choosing one is fine
+    found = child_secrets(agent, "-p", "OpenAI")
+    assert found["MODELFORGE_OPENAI_API_KEY"] == "sk-the-other-openai-value"
+
+
+def test_a_providers_own_sdk_name_wins_over_a_secondary_claim(agent: AgentWorkspace) -> None:
+    with AgentClient(agent.socket, timeout=TIMEOUT) as client:
+        client.store("gemini", "api_key", "gemini-exec-key-0042")
+    found = child_secrets(agent, "-p", "google", "-p", "gemini")
+    assert found["GOOGLE_API_KEY"] == GOOGLE
+    assert found["GEMINI_API_KEY"] == "gemini-exec-key-0042"
+
+
+@pytest.mark.parametrize("mask", [(), ("--mask",)])
+def test_a_missing_command_exits_127_and_a_non_executable_one_126(
+    agent: AgentWorkspace, tmp_path: Path, mask: tuple[str, ...]
+) -> None:
+    missing = run(agent, "-p", "openai", *mask, "--", str(tmp_path / "no-such-command"))
+    assert missing.returncode == 127, missing.stderr
+    assert b"command not found" in missing.stderr
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    refused = run(agent, "-p", "openai", *mask, "--", str(script))
+    assert refused.returncode == 126, refused.stderr
+    assert b"not executable" in refused.stderr

@@ -43,12 +43,35 @@ def modelforge_env_part(name: str) -> str:
     return name.upper().replace("-", "_")
 
 
+class CommandNotFoundError(CredentialValidationError):
+    """exec's command does not exist; exits 127, as env(1) and the shell do."""
+
+    exit_status = 127
+
+
+class CommandNotExecutableError(CredentialValidationError):
+    """exec's command exists but cannot be run; exits 126, as env(1) does."""
+
+    exit_status = 126
+
+
+def _command_error(argv: list[str], err: OSError) -> CredentialValidationError:
+    if isinstance(err, FileNotFoundError):
+        return CommandNotFoundError(f"command not found: {argv[0]!r}; check its name and PATH")
+    return CommandNotExecutableError(
+        f"command not executable: {argv[0]!r} ({err.strerror}); check its mode and type"
+    )
+
+
 @dataclass(frozen=True)
 class Binding:
     variable: str
     provider: str
     key: str
     required: bool
+    #: 0 for a provider's own name (OPENAI_API_KEY for openai); higher for a
+    #: secondary one (GOOGLE_API_KEY for gemini): the lower one wins a variable.
+    rank: int = 0
 
 
 def default_bindings(provider: str, keys: Iterable[str]) -> list[Binding]:
@@ -60,8 +83,8 @@ def default_bindings(provider: str, keys: Iterable[str]) -> list[Binding]:
             variable = f"MODELFORGE_{modelforge_env_part(provider)}_{modelforge_env_part(key)}"
             bindings.append(Binding(variable, provider, key, required=False))
     if "api_key" in present:
-        for variable in WELL_KNOWN.get(provider.lower(), ()):
-            bindings.append(Binding(variable, provider, "api_key", required=False))
+        for rank, variable in enumerate(WELL_KNOWN.get(provider.lower(), ())):
+            bindings.append(Binding(variable, provider, "api_key", required=False, rank=rank))
     return bindings
 
 
@@ -87,7 +110,9 @@ def plan(
     """Bindings for ``providers`` (all stored ones when empty) plus overrides.
 
     Raises :class:`CredentialNotFoundError` for a named provider without any
-    credential, unless ``skip_missing``.
+    credential, unless ``skip_missing``, and :class:`CredentialValidationError`
+    when two providers would fill one variable with equal claim ("OpenAI" and
+    "openai"): which one is meant cannot be guessed.
     """
     by_provider: dict[str, list[str]] = {}
     for provider, key in names:
@@ -102,7 +127,15 @@ def plan(
                 f"with `modelforge-agent set {provider} api_key`, or pass --skip-missing"
             )
         for binding in found:
-            bindings.setdefault(binding.variable, binding)
+            held = bindings.get(binding.variable)
+            if held is None or binding.rank < held.rank:
+                bindings[binding.variable] = binding
+            elif binding.rank == held.rank and binding.provider != held.provider:
+                raise CredentialValidationError(
+                    f"providers {held.provider!r} and {binding.provider!r} would both set "
+                    f"{binding.variable}; nothing was run. Choose one with -p, or set the "
+                    f"variable yourself with -e {binding.variable}=PROVIDER/KEY"
+                )
     for binding in overrides:
         bindings[binding.variable] = binding
     return list(bindings.values())
@@ -135,12 +168,8 @@ def exec_replace(argv: list[str], env: Mapping[str, str]) -> None:
     """Become ``argv``: exit status, signals and stdio are the command's own."""
     try:
         os.execvpe(argv[0], argv, dict(env))
-    except FileNotFoundError:
-        raise CredentialValidationError(
-            f"command not found: {argv[0]!r}; check its name and PATH"
-        ) from None
-    except PermissionError:
-        raise CredentialValidationError(f"command not executable: {argv[0]!r}") from None
+    except OSError as err:
+        raise _command_error(argv, err) from None
 
 
 class Masker:
@@ -207,12 +236,10 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     try:
         proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
+    except OSError as err:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        raise CredentialValidationError(
-            f"command not found: {argv[0]!r}; check its name and PATH"
-        ) from None
+        raise _command_error(argv, err) from None
     started.append(proc)
     for pending in early:
         proc.send_signal(pending)
