@@ -308,7 +308,9 @@ async def test_every_operation_through_the_async_client(
         assert status["cached"] == 0
         assert status["locked"] is False
         assert await client.retrieve("openai", "api_key") == SECRET
-        await client.unlock("not needed")  # unlocking an unlocked agent succeeds
+        # ...and unlock says there is no passphrase, and how to set one.
+        with pytest.raises(CredentialValidationError, match="no passphrase.*passwd"):
+            await client.unlock("not needed")
         assert (await client.hello())["locked"] is False
 
     reread = EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf)

@@ -539,9 +539,8 @@ def test_passphrase_to_keyfile(make_storage: Callable[..., EncryptedFileStorage]
     assert mode_of(storage.key_path) == 0o600
     assert make_storage().load() == SECRETS
     assert not make_storage().locked
-    # The backup still holds the passphrase-protected generation.
-    _, header, _ = split_file(storage.backup_path.read_bytes())
-    assert header["protection"] == "passphrase"
+    # No generation stays readable under the old protection: the backup is gone.
+    assert not storage.backup_path.exists()
 
 
 def test_set_passphrase_on_a_new_store_creates_its_directory(
@@ -624,8 +623,9 @@ def test_files_and_directories_are_private_even_with_umask_zero(
         assert mode_of(directory / name) == 0o600, name
     for created in (tmp_path / "a", tmp_path / "a" / "b", directory):
         assert mode_of(created) == 0o700, created
-    # set_passphrase rewrites the file: still 0600.
+    # set_passphrase rewrites the file: still 0600; the next store's backup too.
     storage.set_passphrase(PASSPHRASE)
+    storage.store("openai", "api_key", "three")
     for name in ("credentials.enc", "credentials.enc.bak"):
         assert mode_of(directory / name) == 0o600, name
 
@@ -757,9 +757,9 @@ def test_no_temp_file_remains_after_stores(
     storage.delete("openai", "key0")
     storage.set_passphrase(OTHER_PASSPHRASE)
     assert temp_files(storage.config_dir) == []
+    # The backup went with the old passphrase (it opened that generation).
     assert sorted(p.name for p in storage.config_dir.iterdir()) == [
         "credentials.enc",
-        "credentials.enc.bak",
         "credentials.enc.lock",
     ]
 

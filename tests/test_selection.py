@@ -152,7 +152,7 @@ def test_backend_variable_forces_keyring(
 
 def test_unknown_backend_names_the_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODEL_FORGE_BACKEND", "plaintext")
-    with pytest.raises(CredentialStorageUnavailableError) as caught:
+    with pytest.raises(CredentialValidationError) as caught:  # invalid input: exit 2
         AutoStorage(tmp_path)
     message = str(caught.value)
     for choice in ("keyring", "encrypted-file", "env"):

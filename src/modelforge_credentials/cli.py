@@ -42,6 +42,9 @@ EXIT_UNAVAILABLE = 4
 
 
 def exit_code_for(err: CredentialStorageError) -> int:
+    status = getattr(err, "exit_status", None)
+    if isinstance(status, int):
+        return status  # exec's 126/127, as env(1)
     if isinstance(err, CredentialNotFoundError):
         return EXIT_NOT_FOUND
     if isinstance(err, CredentialValidationError):
@@ -124,8 +127,10 @@ class Cli:
         try:
             with self.client() as client:
                 client.hello()
-                pid = client.status().get("pid")
+                status = client.status()
+            pid = status.get("pid")
             note = "already running"
+            self._warn_other_backend(status)
         except AgentNotRunningError:
             extra = []
             if self.args.idle_timeout is not None:
@@ -153,12 +158,13 @@ class Cli:
                 pid = client.status().get("pid")
         except AgentNotRunningError:
             self.stderr.write(f"no agent is running at {self.socket}; nothing to stop\n")
+            self._print_unset(None)
             return EXIT_OK
-        if not isinstance(pid, int) or pid <= 1:
-            self.stderr.write(
-                "the agent did not report a usable pid; stop it with your service manager\n"
-            )
-            return EXIT_UNAVAILABLE
+        from .client.peer import agent_pid_to_signal
+
+        # The pid is the agent's own claim: signal it only if that process is
+        # ours and holds the listening socket (else UntrustedAgentError, exit 4).
+        pid = agent_pid_to_signal(self.socket, pid)
         import signal
 
         os.kill(pid, signal.SIGTERM)
@@ -171,13 +177,26 @@ class Cli:
             self.stderr.write(f"the agent (pid {pid}) did not stop; try `kill {pid}`\n")
             return EXIT_UNAVAILABLE
         self.stderr.write(f"stopped the agent (pid {pid})\n")
+        self._print_unset(pid)
         return EXIT_OK
+
+    def _print_unset(self, pid: int | None) -> None:
+        """For ``eval "$(modelforge-agent stop)"``, as ``ssh-agent -k`` prints."""
+        if self.args.csh:
+            self.stdout.write(f"unsetenv {SOCKET_VARIABLE};\n")
+        elif self.args.fish:
+            self.stdout.write(f"set -e {SOCKET_VARIABLE};\n")
+        else:
+            self.stdout.write(f"unset {SOCKET_VARIABLE};\n")
+        if pid is not None:
+            self.stdout.write(f"echo Agent pid {pid} stopped;\n")
 
     def cmd_status(self) -> int:
         import json
 
         with self.client() as client:
             status = client.status()
+        self._warn_other_backend(status)
         if self.args.json:
             json.dump(status, self.stdout, indent=2, sort_keys=True)
             self.stdout.write("\n")
@@ -212,10 +231,33 @@ class Cli:
     def cmd_lock(self) -> int:
         with self.client() as client:
             client.lock()
+            protection = client.status().get("protection")
+        if protection == "keyfile":
+            self.stderr.write(
+                "the store has no passphrase (key-file protection): lock dropped the cached "
+                "values, but anyone who can read the file and its key file beside it can "
+                "still read them. Set a passphrase with `modelforge-agent passwd`\n"
+            )
         return EXIT_OK
 
     def cmd_set(self) -> int:
+        import shlex
+
+        where = f"{shlex.quote(self.args.provider)} {shlex.quote(self.args.key)}"
+        if self.args.argv_value:
+            raise CredentialValidationError(
+                "set takes the value from a no-echo prompt or standard input, never from the "
+                "command line (it would stay in your shell history and show in ps); nothing "
+                f"was stored. Run `modelforge-agent set {where}` and type it, or "
+                f'`printf %s "$VALUE" | modelforge-agent set {where}`'
+            )
         value = self.read_value()
+        if not value and not self.args.allow_empty:
+            raise CredentialValidationError(
+                "the value is empty (standard input was empty or closed); nothing was stored. "
+                f"Type it at the prompt of `modelforge-agent set {where}`, pipe it in, or pass "
+                "--allow-empty to store an empty value on purpose"
+            )
         with self.client() as client:
             self._with_unlock(
                 client, lambda: client.store(self.args.provider, self.args.key, value)
@@ -266,24 +308,10 @@ class Cli:
         return EXIT_OK
 
     def cmd_passwd(self) -> int:
-        from pathlib import Path
-
         from .backends.encrypted_file import EncryptedFileStorage
-        from .client.sync import AgentNotRunningError
 
+        config_dir, agent_running = self._file_dir()
         client = self.client()
-        config_dir: Path | None = Path(self.args.config_dir) if self.args.config_dir else None
-        agent_running = True
-        try:
-            status = client.status()
-            if status.get("backend") != "encrypted-file":
-                raise CredentialValidationError(
-                    f"the agent uses the {status.get('backend')} backend; `passwd` applies to "
-                    "the encrypted file (MODEL_FORGE_BACKEND=encrypted-file)"
-                )
-            config_dir = Path(str(status["path"])).parent
-        except AgentNotRunningError:
-            agent_running = False
         storage = EncryptedFileStorage(config_dir)
         current = None
         if storage.protection == "passphrase" and storage.path.exists():
@@ -300,6 +328,61 @@ class Cli:
             client.close()
         self.stderr.write(f"passphrase set for {storage.path}\n")
         return EXIT_OK
+
+    def cmd_restore_backup(self) -> int:
+        import time as clock
+
+        from .backends.encrypted_file import EncryptedFileStorage
+
+        storage = EncryptedFileStorage(self._file_dir()[0])
+        passphrase: str | None = None
+        try:
+            info = storage.inspect_backup()
+        except CredentialLockedError:
+            passphrase = self.read_secret("Passphrase of the backup: ")
+            info = storage.inspect_backup(passphrase)
+        age = _duration(clock.time() - info.modified)
+        names = ", ".join(f"{p}/{k}" for p, k in info.names) or "nothing"
+        self.stdout.write(
+            f"backup {info.path}: written {age} ago, {info.protection} protection, "
+            f"{len(info.names)} credentials: {names}\n"
+        )
+        if self.args.dry_run:
+            return EXIT_OK
+        if not self.args.yes:
+            if not self._interactive():
+                raise CredentialValidationError(
+                    "restore-backup replaces the current file; pass --yes to do it without a "
+                    "question (or --dry-run to look only)"
+                )
+            self.stderr.write(f"Replace {storage.path} with this backup? [y/N] ")
+            self.stderr.flush()
+            if self.stdin.readline().strip().lower() not in ("y", "yes"):
+                self.stderr.write("nothing was changed\n")
+                return EXIT_OK
+        kept = storage.restore_backup(passphrase)
+        where = f"; the file it replaced is kept as {kept}" if kept else ""
+        self.stdout.write(f"restored {storage.path} from {info.path}{where}\n")
+        return EXIT_OK
+
+    def _file_dir(self) -> tuple[Path | None, bool]:
+        """The encrypted file's directory (the running agent's, else
+        --config-dir, else the default), and whether an agent runs."""
+        from pathlib import Path
+
+        from .client.sync import AgentNotRunningError
+
+        try:
+            with self.client() as client:
+                status = client.status()
+        except AgentNotRunningError:
+            return (Path(self.args.config_dir) if self.args.config_dir else None), False
+        if status.get("backend") != "encrypted-file" or not status.get("path"):
+            raise CredentialValidationError(
+                f"the agent uses the {status.get('backend')} backend; this command applies to "
+                "the encrypted file (MODEL_FORGE_BACKEND=encrypted-file)"
+            )
+        return Path(str(status["path"])).parent, True
 
     def cmd_install_service(self) -> int:
         from pathlib import Path
@@ -547,6 +630,20 @@ class Cli:
             )
         return EXIT_OK
 
+    def _warn_other_backend(self, status: dict[str, Any]) -> None:
+        """MODEL_FORGE_BACKEND asks for one backend, the running agent has another."""
+        from . import settings
+
+        wanted = settings.backend()
+        running = status.get("backend")
+        if wanted and running and wanted != running:
+            self.stderr.write(
+                f"warning: {settings.BACKEND} asks for the {wanted} backend, but the running "
+                f"agent (pid {status.get('pid')}) uses {running}, chosen when it started. "
+                "To switch: `modelforge-agent stop`, then start it again with "
+                f"{settings.BACKEND} set\n"
+            )
+
     def _with_unlock(self, client: AgentClient, action: Callable[[], Any]) -> Any:
         try:
             return action()
@@ -559,17 +656,23 @@ class Cli:
 
 
 def _audit_path(option: str | None) -> Path | None:
-    """``--audit-log [PATH]``, else ``MODEL_FORGE_AUDIT_LOG`` (a path, or 1)."""
+    """``--audit-log [PATH]`` (no PATH: the default file), else
+    ``MODEL_FORGE_AUDIT_LOG``: on (the default file), off, or a path."""
     from pathlib import Path
 
-    value = option if option is not None else os.environ.get("MODEL_FORGE_AUDIT_LOG")
-    if value is None or value.lower() in {"0", "off", "no"}:
+    from . import settings
+
+    if option is not None:
+        chosen: bool | str = option or True
+    else:
+        chosen = settings.flag_or_path(settings.AUDIT_LOG)
+    if chosen is False:
         return None
-    if value in {"", "1", "on", "yes"}:
+    if chosen is True:
         from .daemon.audit import default_audit_path
 
         return default_audit_path()
-    return Path(value)
+    return Path(chosen)
 
 
 def _counts(counts: dict[str, int]) -> str:

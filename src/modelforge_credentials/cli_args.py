@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--config-dir", default=None, help="as for serve")
     start.add_argument("--log", default=None, help="append the agent's log to this file")
 
-    add("stop", "stop the running agent")
+    stop = add("stop", "stop the running agent; print shell commands that unset its variable")
+    shell = stop.add_mutually_exclusive_group()
+    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
+    shell.add_argument("--fish", action="store_true", help="print fish commands")
     status = add("status", "show the agent's state, backend and protection")
     status.add_argument("--json", action="store_true")
     add("unlock", "unlock with the passphrase (prompt, or one line of stdin)")
@@ -105,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = add(name, help)
         cmd.add_argument("provider")
         cmd.add_argument("key")
+        if name == "set":
+            cmd.add_argument(
+                "--allow-empty", action="store_true", help="store an empty value on purpose"
+            )
+            # Caught so that a value typed on the command line gets advice,
+            # not argparse's "unrecognized arguments: <the secret>".
+            cmd.add_argument("argv_value", nargs="*", help=argparse.SUPPRESS)
     listing = add("list", "list stored names (never values)")
     listing.add_argument("provider", nargs="?")
     listing.add_argument("--json", action="store_true")
@@ -178,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--remove", action="store_true", help="undo: remove the integration")
     what.add_argument(
         "--print", action="store_true", help="show what would be written where; change nothing"
+    )
+
+    restore = add(
+        "restore-backup",
+        "put the encrypted file's previous generation back (after damage); shows it first",
+    )
+    restore.add_argument(
+        "--dry-run", action="store_true", help="show what it holds; change nothing"
+    )
+    restore.add_argument("--yes", action="store_true", help="do not ask before restoring")
+    restore.add_argument(
+        "--config-dir", default=None, help="when no agent runs: the file's directory"
     )
 
     doctor = add("doctor", "check backends, socket and agent; say how to fix each problem")

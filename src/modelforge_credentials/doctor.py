@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import CredentialStorageError
+from .errors import CredentialCorruptedError, CredentialStorageError
 
 
 def _problem(report: dict[str, Any], what: str, fix: str) -> None:
@@ -52,23 +52,41 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
         try:
             from .backends.encrypted_file import EncryptedFileStorage
 
-            file_info["protection"] = EncryptedFileStorage(config_dir).protection
+            storage = EncryptedFileStorage(config_dir)
+            file_info["protection"] = storage.protection  # the header, digest checked
             if file_info["protection"] == "keyfile":
+                storage.load()  # no passphrase needed: decrypt, so damage shows now
+                file_info["verified"] = "whole file"
                 _problem(
                     report,
                     "the encrypted file is protected by a key file beside it "
                     "(that stops casual reading only)",
                     "set a passphrase: modelforge-agent passwd",
                 )
+            else:
+                file_info["verified"] = "header (the body is checked when unlocked)"
         except CredentialStorageError as err:
             file_info["error"] = str(err)
+            damaged = isinstance(err, CredentialCorruptedError)
             _problem(
                 report,
                 f"the encrypted file cannot be read: {err}",
-                "see the message; restore the .bak file if damaged",
+                "modelforge-agent restore-backup --dry-run, then modelforge-agent restore-backup"
+                if damaged
+                else "see the message",
             )
-    if config_dir.exists() and stat.S_IMODE(config_dir.stat().st_mode) & 0o077:
-        _problem(report, f"{config_dir} is open to group or others", f"chmod 700 {config_dir}")
+    from .files import UnsafeDirectoryError, check_own_directory
+
+    try:
+        check_own_directory(config_dir, "MODEL_FORGE_CONFIG_DIR")
+    except UnsafeDirectoryError as err:
+        what, _, fix = str(err).partition(". ")
+        _problem(report, what, fix)
+    else:
+        if config_dir.exists() and stat.S_IMODE(config_dir.stat().st_mode) & 0o077:
+            _problem(
+                report, f"{config_dir} is readable by group or others", f"chmod 700 {config_dir}"
+            )
     if not ok:
         _problem(
             report,
@@ -137,6 +155,7 @@ def _config_report(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) -> dict[str, Any]:
     from .client.sync import AgentClient
     from .daemon.runtime import AgentRuntimeError, check_private_dir
+    from .errors import UntrustedAgentError
 
     info: dict[str, Any] = {"path": str(socket_path), "directory_ok": None, "agent": None}
     directory = socket_path.parent
@@ -157,6 +176,11 @@ def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) ->
         if socket_path.exists():
             mode = stat.S_IMODE(socket_path.stat().st_mode)
             info["mode"] = f"{mode:o}"
+    except UntrustedAgentError as err:
+        info["error"] = str(err)
+        if info["directory_ok"] is not False:  # else reported above, with its fix
+            problem, _, fix = str(err).partition("; ")
+            _problem(report, problem, fix)
     except CredentialStorageError as err:
         info["error"] = str(err)
         if info["directory_ok"] is not False:

@@ -37,6 +37,43 @@ def _unavailable(action: str, path: Path, err: OSError) -> CredentialStorageUnav
     )
 
 
+class UnsafeDirectoryError(CredentialStorageUnavailableError):
+    """A directory that holds secrets belongs to another user or is writable
+    by others: whoever can write it can swap the files in it.
+
+    The message says what to do, and never advises changing a directory
+    that belongs to someone else.
+    """
+
+
+def check_own_directory(path: Path, setting: str) -> None:
+    """Refuse ``path`` unless it is a directory of this user, not writable by
+    group or others. Absent is fine (it will be created 0700). ``setting``
+    names the variable that chooses another directory."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise _unavailable("use directory", path, err) from err
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectoryError(
+            f"{path} is not a directory; set {setting} to a directory of your own"
+        )
+    if info.st_uid != os.geteuid():
+        raise UnsafeDirectoryError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}): whoever "
+            f"owns it can replace what is stored there. Use a directory of your own: set "
+            f"{setting} to one (it is created 0700)"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise UnsafeDirectoryError(
+            f"{path} is writable by group or others (mode {mode:o}): they could replace "
+            f"what is stored there. Make it private: chmod 700 {path}"
+        )
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` and any missing parents with mode 0700.
 
@@ -137,10 +174,12 @@ def write_atomic(
         os.replace(temp, path)
         fsync_dir(path.parent)
         return stamp
-    except OSError as err:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise _unavailable("write", path, err) from err
+        if isinstance(err, OSError):
+            raise _unavailable("write", path, err) from err
+        raise
 
 
 def _link_backup(path: Path, backup: Path) -> None:
@@ -156,7 +195,17 @@ def _link_backup(path: Path, backup: Path) -> None:
     except OSError:
         # File systems without hard links: copy the bytes instead.
         write_new_private(staged, path.read_bytes())
-    os.replace(staged, backup)
+    try:
+        os.replace(staged, backup)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        if os.path.isdir(backup) and not os.path.islink(backup):
+            raise CredentialStorageUnavailableError(
+                f"cannot keep the previous generation: {backup} is a directory; move it away "
+                "and retry (nothing was written)"
+            ) from err
+        raise _unavailable("write the backup", backup, err) from err
 
 
 def remove_stale_temps(path: Path) -> list[Path]:

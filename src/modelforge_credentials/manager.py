@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from . import settings
 from .errors import CredentialNotFoundError
 from .storage import CredentialStorage
 
-AGENT_VARIABLE = "MODEL_FORGE_AGENT"
+AGENT_VARIABLE = settings.AGENT
 
 
 def default_storage() -> CredentialStorage:
     """The agent, unless ``MODEL_FORGE_AGENT=off`` asks for in-process storage."""
-    if os.environ.get(AGENT_VARIABLE, "").strip().lower() in {"off", "0", "no", "false"}:
+    if not settings.flag(AGENT_VARIABLE, default=True):
         from .backends.auto import AutoStorage
 
         return AutoStorage()

@@ -17,21 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..errors import CredentialStorageUnavailableError
 from ..storage import CredentialStorage
 from .encrypted_file import EncryptedFileStorage, default_config_dir
 from .env import EnvVarStorage
 
-BACKEND_VARIABLE = "MODEL_FORGE_BACKEND"
-_ALIASES = {
-    "keyring": "keyring",
-    "encrypted-file": "encrypted-file",
-    "encrypted_file": "encrypted-file",
-    "file": "encrypted-file",
-    "env": "env",
-    "env_var": "env",
-    "environment": "env",
-}
+BACKEND_VARIABLE = settings.BACKEND
 
 
 @dataclass(frozen=True)
@@ -113,14 +105,8 @@ def select_backend(
     """
     env = os.environ if environ is None else environ
     directory = Path(config_dir) if config_dir is not None else default_config_dir()
-    forced = env.get(BACKEND_VARIABLE, "").strip().lower()
-    if forced:
-        choice = _ALIASES.get(forced)
-        if choice is None:
-            raise CredentialStorageUnavailableError(
-                f"{BACKEND_VARIABLE}={forced!r} is not a backend; use keyring, "
-                "encrypted-file or env"
-            )
+    choice = settings.backend(env)
+    if choice is not None:
         return _forced(choice, directory, passphrase, env, prompt)
 
     tried = []

@@ -25,11 +25,14 @@ from typing import Any, NamedTuple
 from ..errors import (
     CredentialBadPassphraseError,
     CredentialCorruptedError,
+    CredentialFormatError,
     CredentialLockedError,
+    CredentialNotFoundError,
     CredentialStorageUnavailableError,
     CredentialValidationError,
 )
 from ..files import (
+    check_own_directory,
     exclusive_lock,
     fsync_dir,
     make_private_dir,
@@ -45,11 +48,28 @@ from .fileformat import KEYFILE, PASSPHRASE, Credentials, Envelope, KdfParams
 
 CREDENTIALS_FILE = "credentials.enc"
 KEY_FILE = "credentials.key"
+CONFIG_DIR_VARIABLE = "MODEL_FORGE_CONFIG_DIR"
+DAMAGED_SUFFIX = ".damaged"
+
+
+class NothingToUnlockError(CredentialValidationError):
+    """``unlock`` on a store without a passphrase: none exists yet, or it is
+    protected by a key file. ``modelforge-agent passwd`` sets one (asking
+    twice), so a typo can never become the only key."""
+
+
+class BackupInfo(NamedTuple):
+    """What the backup generation holds: names only, never values."""
+
+    path: Path
+    modified: float
+    protection: str
+    names: list[tuple[str, str]]
 
 
 def default_config_dir() -> Path:
     """``$MODEL_FORGE_CONFIG_DIR``, else model-forge's own config directory."""
-    override = os.environ.get("MODEL_FORGE_CONFIG_DIR")
+    override = os.environ.get(CONFIG_DIR_VARIABLE)
     if override:
         return Path(override)
     if sys.platform == "darwin":
@@ -171,7 +191,8 @@ class EncryptedFileStorage:
             return None
         parsed, stamp = read
         data_key = self._data_key(parsed.envelope)
-        credentials = parsed.decrypt(data_key)
+        with self._explain_damage():
+            credentials = parsed.decrypt(data_key)
         self._state = _State(stamp, parsed.envelope, data_key, credentials)
         return self._state
 
@@ -209,16 +230,30 @@ class EncryptedFileStorage:
         """Check ``passphrase`` against the file and keep it for this session.
 
         Raises :class:`CredentialBadPassphraseError` (nothing kept, nothing
-        changed) when it does not open the file.
+        changed) when it does not open the file, and
+        :class:`NothingToUnlockError` when there is no file yet or it has no
+        passphrase (:meth:`set_passphrase` sets one).
         """
         secret = _passphrase_bytes(passphrase)
         read = self._read_parsed()
-        parsed = read[0] if read is not None else None
-        if parsed is not None and parsed.envelope.protection == PASSPHRASE:
-            kek = parsed.envelope.kdf.derive(secret, parsed.envelope.salt)
-            parsed.envelope.unwrap(kek)
-            with self._mutex:
-                self._keks[parsed.envelope.kek_id] = kek
+        if read is None:
+            # Adopting it would make an unconfirmed first passphrase (a typo)
+            # the only key to everything stored next.
+            raise NothingToUnlockError(
+                f"there is no encrypted store at {self.path} yet, so nothing to unlock. To "
+                "protect it with a passphrase, run `modelforge-agent passwd` (it asks twice); "
+                "without one it is protected by a key file"
+            )
+        envelope = read[0].envelope
+        if envelope.protection != PASSPHRASE:
+            raise NothingToUnlockError(
+                f"{self.path} has no passphrase (key-file protection), so there is nothing to "
+                "unlock. Set one with `modelforge-agent passwd`"
+            )
+        kek = envelope.kdf.derive(secret, envelope.salt)
+        envelope.unwrap(kek)
+        with self._mutex:
+            self._keks[envelope.kek_id] = kek
         self._passphrase = secret
 
     def lock(self) -> None:
@@ -229,28 +264,111 @@ class EncryptedFileStorage:
         self._state = None
 
     def set_passphrase(self, new: str | None, current: str | None = None) -> None:
-        """Re-wrap the data key under ``new`` (``None``: switch to a key file).
+        """Protect the store with ``new`` (``None``: a key file instead).
 
         ``current`` opens a passphrase-protected store that is not unlocked.
-        The body is rewritten atomically; the previous generation stays in
-        the backup file (under the old protection).
+        The data key is rotated and the body rewritten atomically; then the
+        backup generation (under the old protection and key) and, for a
+        passphrase, the key file are removed: nothing stays readable under
+        the old protection. On a store that does not exist yet this creates
+        an empty one with the new protection.
         """
         new_secret = _passphrase_bytes(new) if new is not None else None
-        if current is not None:
+        if current is not None and self.protection == PASSPHRASE:
             self.unlock(current)
         make_private_dir(self.config_dir)
+        self._check_directory()
         with exclusive_lock(self.lock_path):
             read = self._read_parsed()
-            parsed = read[0] if read is not None else None
-            if parsed is None:
-                credentials: Credentials = {}
-                data_key = os.urandom(fileformat.KEY_SIZE)
-            else:
-                data_key = self._data_key(parsed.envelope)
-                credentials = parsed.decrypt(data_key)
+            credentials: Credentials = {}
+            if read is not None:
+                credentials = read[0].decrypt(self._data_key(read[0].envelope))
+            data_key = os.urandom(fileformat.KEY_SIZE)
+            with self._mutex:
+                self._keks.clear()
             envelope = self._new_envelope(data_key, new_secret)
-            self._write(envelope, data_key, credentials)
+            self._write(envelope, data_key, credentials, keep_backup=False)
+            self._drop_old_protection(envelope, backup=True)
         self._passphrase = new_secret
+
+    def _drop_old_protection(self, envelope: Envelope, *, backup: bool) -> None:
+        """Remove what the old protection still opens: the ``backup``
+        generation, and a key file beside a passphrase-protected store (also
+        one a crash in a protection change left behind)."""
+        stale = [self.backup_path] if backup else []
+        if envelope.protection == PASSPHRASE:
+            stale.append(self.key_path)
+        removed = False
+        for path in stale:
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise CredentialStorageUnavailableError(
+                    f"cannot remove {path}, which the old protection still opens: "
+                    f"{err.strerror}; remove it by hand"
+                ) from err
+        if removed:
+            fsync_dir(self.config_dir)
+
+    def inspect_backup(self, passphrase: str | None = None) -> BackupInfo:
+        """Open the backup generation: its names, age and protection.
+
+        ``passphrase`` opens a passphrase-protected backup (else the one this
+        object was unlocked with). Raises :class:`CredentialNotFoundError`
+        when there is no backup, and the usual errors when it cannot be
+        opened (wrong passphrase, damaged too).
+        """
+        credentials, protection, modified = self._open_backup(passphrase)
+        names = sorted((p, k) for p, keys in credentials.items() for k in keys)
+        return BackupInfo(self.backup_path, modified, protection, names)
+
+    def restore_backup(self, passphrase: str | None = None) -> Path | None:
+        """Put the backup generation back as the store, under the file lock.
+
+        The backup is opened first (nothing changes if it cannot be); the
+        current file, damaged or not, is kept beside as
+        ``credentials.enc.damaged`` (replacing an older one). Returns where
+        it was kept, or ``None`` when there was no current file.
+        """
+        make_private_dir(self.config_dir)
+        self._check_directory()
+        with exclusive_lock(self.lock_path):
+            self._open_backup(passphrase)
+            with open_regular(self.backup_path) as handle:
+                blob = handle.read()
+            kept: Path | None = self.path.with_name(self.path.name + DAMAGED_SUFFIX)
+            try:
+                os.replace(self.path, kept)  # type: ignore[arg-type]
+            except FileNotFoundError:
+                kept = None
+            write_atomic(self.path, blob)
+            self._state = None
+        return kept
+
+    def _open_backup(self, passphrase: str | None) -> tuple[Credentials, str, float]:
+        try:
+            with open_regular(self.backup_path) as handle:
+                blob = handle.read()
+                modified = os.fstat(handle.fileno()).st_mtime
+        except FileNotFoundError:
+            raise CredentialNotFoundError(
+                f"there is no backup generation at {self.backup_path}"
+            ) from None
+        parsed = fileformat.parse(blob)
+        envelope = parsed.envelope
+        if envelope.protection == KEYFILE:
+            kek = self._read_keyfile()
+        else:
+            secret = _passphrase_bytes(passphrase) if passphrase is not None else self._passphrase
+            if secret is None:
+                raise CredentialLockedError(
+                    f"{self.backup_path} is protected by a passphrase: give it to open the backup"
+                )
+            kek = envelope.kdf.derive(secret, envelope.salt)
+        return parsed.decrypt(envelope.unwrap(kek)), envelope.protection, modified
 
     def describe(self) -> dict[str, Any]:
         """Backend, path and protection, for status displays. No secrets."""
@@ -288,6 +406,7 @@ class EncryptedFileStorage:
 
     def _read_parsed(self) -> tuple[fileformat.ParsedFile, tuple[int, int, int]] | None:
         """The file parsed (not decrypted) and its stamp; ``None`` if absent."""
+        self._check_directory()
         try:
             with open_regular(self.path) as handle:
                 blob = handle.read()
@@ -298,7 +417,36 @@ class EncryptedFileStorage:
             raise CredentialStorageUnavailableError(
                 f"cannot read {self.path}: {err.strerror}; check its permissions"
             ) from err
-        return fileformat.parse(blob), stamp
+        with self._explain_damage():
+            return fileformat.parse(blob), stamp
+
+    def _check_directory(self) -> None:
+        check_own_directory(self.config_dir, CONFIG_DIR_VARIABLE)
+
+    @contextlib.contextmanager
+    def _explain_damage(self) -> Iterator[None]:
+        """A damaged file's error says what to do next: restore the backup."""
+        try:
+            yield
+        except CredentialFormatError:
+            raise  # a newer format: the message says to upgrade
+        except CredentialCorruptedError as err:
+            raise CredentialCorruptedError(f"{self.path}: {err}; {self._restore_hint()}") from None
+
+    def _restore_hint(self) -> str:
+        try:
+            age = _age(self.backup_path.stat().st_mtime)
+        except OSError:
+            return (
+                f"there is no backup generation ({self.backup_path.name}): move the damaged "
+                f"file away (mv {self.path} {self.path}{DAMAGED_SUFFIX}) and store your "
+                "secrets again"
+            )
+        return (
+            f"the previous generation ({self.backup_path.name}, written {age}) may be intact: "
+            "`modelforge-agent restore-backup --dry-run` shows what it holds, "
+            "`modelforge-agent restore-backup` puts it back"
+        )
 
     def _data_key(self, envelope: Envelope) -> bytes:
         if envelope.protection == KEYFILE:
@@ -390,6 +538,7 @@ class EncryptedFileStorage:
     def _writing(self) -> Iterator[Credentials]:
         """Read-modify-write under the file lock; writes only if the body succeeds."""
         make_private_dir(self.config_dir)
+        self._check_directory()
         with exclusive_lock(self.lock_path):
             remove_stale_temps(self.path)
             state = self._current(merging=True)
@@ -407,10 +556,21 @@ class EncryptedFileStorage:
                 credentials = {p: dict(keys) for p, keys in state.credentials.items()}
             yield credentials
             self._write(envelope, data_key, credentials)
+            if envelope.protection == PASSPHRASE and self.key_path.exists():
+                self._drop_old_protection(envelope, backup=False)
 
-    def _write(self, envelope: Envelope, data_key: bytes, credentials: Credentials) -> None:
+    def _write(
+        self,
+        envelope: Envelope,
+        data_key: bytes,
+        credentials: Credentials,
+        *,
+        keep_backup: bool = True,
+    ) -> None:
         stamp = write_atomic(
-            self.path, fileformat.encode(envelope, data_key, credentials), backup=self.backup_path
+            self.path,
+            fileformat.encode(envelope, data_key, credentials),
+            backup=self.backup_path if keep_backup else None,
         )
         self._state = _State(stamp, envelope, data_key, credentials)
 
@@ -420,6 +580,17 @@ class _State(NamedTuple):
     envelope: Envelope
     data_key: bytes
     credentials: Credentials
+
+
+def _age(mtime: float) -> str:
+    import time
+
+    seconds = max(0, int(time.time() - mtime))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return f"{seconds} seconds ago"
 
 
 def _stamp(info: os.stat_result) -> tuple[int, int, int]:

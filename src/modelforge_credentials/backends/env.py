@@ -16,19 +16,10 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from ..errors import CredentialReadOnlyError, CredentialValidationError
+from ..settings import NAMES as SETTINGS
 from ..validation import validate_name, validate_pair, validate_value
 
 PREFIXES = ("MODEL_FORGE_", "MODELFORGE_")
-
-#: Variables under the prefixes that are settings of this package, not secrets.
-SETTINGS = frozenset(
-    {
-        "MODEL_FORGE_BACKEND",
-        "MODEL_FORGE_AGENT",
-        "MODEL_FORGE_AGENT_SOCK",
-        "MODEL_FORGE_CONFIG_DIR",
-    }
-)
 
 
 def _part(name: str) -> str:
