@@ -594,10 +594,9 @@ class Cli:
         return EXIT_OK if not report["problems"] else EXIT_UNAVAILABLE
 
     def cmd_log(self) -> int:
-        import json
         from pathlib import Path
 
-        from .daemon.audit import default_audit_path
+        from .daemon.audit import default_audit_path, read_entries, render_entry, text_view
 
         path = Path(self.args.file) if self.args.file else None
         if path is None:
@@ -609,7 +608,7 @@ class Cli:
                 path = None
         path = path or default_audit_path()
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_entries(path)
         except FileNotFoundError:
             self.stderr.write(
                 f"no audit log at {path}; start the agent with `serve --audit-log` "
@@ -618,16 +617,12 @@ class Cli:
             return EXIT_NOT_FOUND
         for line in lines[-self.args.lines :] if self.args.lines else lines:
             if self.args.json:
-                self.stdout.write(line + "\n")
+                self.stdout.write(line + "\n")  # ASCII JSON: escaped already
                 continue
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            self.stdout.write(
-                f"{e.get('time')} pid={e.get('pid')} uid={e.get('uid')} {e.get('exe') or '-'} "
-                f"{e.get('op')} {e.get('provider') or ''}/{e.get('key') or ''} {e.get('result')}\n"
-            )
+            shown = render_entry(line)
+            if shown is None:
+                shown = f"(not an entry: {text_view(line[:200])})"
+            self.stdout.write(shown + "\n")
         return EXIT_OK
 
     def _warn_other_backend(self, status: dict[str, Any]) -> None:
