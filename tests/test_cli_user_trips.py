@@ -139,3 +139,24 @@ def test_a_damaged_passphrase_store_says_so_at_unlock_and_the_running_agent_reco
     assert done.returncode == 0, done.stderr
     assert ws.cli("unlock", input="first passphrase\n").returncode == 0
     assert ws.cli("get", "openai", "api_key").stdout == "sk-first\n"
+
+
+def test_agent_storage_warns_once_when_the_agent_uses_another_backend(
+    ws: AgentWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelforge_credentials.backends.agent import AgentStorage
+
+    monkeypatch.setenv("MODEL_FORGE_BACKEND", "keyring")
+    storage = AgentStorage(ws.socket, autostart=False)
+    try:
+        with pytest.warns(
+            RuntimeWarning, match="asks for the keyring backend.*uses encrypted-file"
+        ):
+            storage.store("openai", "api_key", VALUE)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert storage.retrieve("openai", "api_key") == VALUE  # once is enough
+    finally:
+        storage.close()

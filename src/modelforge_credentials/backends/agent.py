@@ -35,6 +35,7 @@ class AgentStorage:
         self.autostart = autostart
         self.timeout = timeout
         self._local = threading.local()
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"AgentStorage({self.path!r})"
@@ -45,7 +46,7 @@ class AgentStorage:
             return client
         client = AgentClient(self.path, timeout=self.timeout)
         try:
-            client.hello()
+            hello = client.hello()
         except AgentNotRunningError:
             if not self.autostart:
                 raise
@@ -53,9 +54,29 @@ class AgentStorage:
 
             spawn_agent(self.path)
             client = AgentClient(self.path, timeout=self.timeout)
-            client.hello()
+            hello = client.hello()
+        self._warn_other_backend(hello.get("backend"))
         self._local.client = client
         return client
+
+    def _warn_other_backend(self, running: object) -> None:
+        """Say so (once) when MODEL_FORGE_BACKEND asks for another backend than
+        the running agent's: the agent chose its backend when it started."""
+        from .. import settings
+
+        wanted = settings.backend()
+        if self._warned or not wanted or not running or wanted == running:
+            return
+        self._warned = True
+        import warnings
+
+        warnings.warn(
+            f"{settings.BACKEND} asks for the {wanted} backend, but the agent at {self.path} "
+            f"uses {running}; to switch, run `modelforge-agent stop` and start it again with "
+            f"{settings.BACKEND} set",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _call(self, method: str, *args: Any) -> Any:
         client = self._client()
