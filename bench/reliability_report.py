@@ -2,7 +2,7 @@
 
     python3 bench/reliability_report.py [extra pytest arguments]
 
-Runs ``python -m pytest tests/test_reliability.py`` with this interpreter (so in
+Runs ``python -m pytest`` on the reliability and attack suites (TESTS) with this interpreter (so in
 its environment), collecting each test's figures through
 $MODEL_FORGE_RELIABILITY_REPORT and each outcome through a JUnit XML file,
 then writes the report. The report is written whether or not tests fail (a
@@ -26,7 +26,18 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = "tests/test_reliability.py"
+#: The reliability suite and the suites that attack one promise each.
+TESTS = (
+    "tests/test_reliability.py",
+    "tests/test_limits_processes.py",
+    "tests/test_limits_inprocess.py",
+    "tests/test_trust_peer.py",
+    "tests/test_trust_runtime.py",
+    "tests/test_two_writers.py",
+    "tests/test_protection_change.py",
+    "tests/test_audit_integrity.py",
+    "tests/test_migrate.py",
+)
 OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 COMMAND = "python3 bench/reliability_report.py"
 
@@ -100,7 +111,9 @@ def render(
     lines = [
         "# Reliability figures",
         "",
-        "Measured by `tests/test_reliability.py` on real agent processes (real sockets,",
+        "Measured by the reliability and attack suites ("
+        + ", ".join(f"`{Path(t).name}`" for t in TESTS)
+        + ") on real agent processes (real sockets,",
         "SIGKILL, a real tmpfs, other uids through setpriv). Reproduce with:",
         "",
         "```",
@@ -158,7 +171,8 @@ def main(argv: list[str]) -> int:
     overrides = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith("MODEL_FORGE_") and k != "MODEL_FORGE_RELIABILITY_SEED"
+        if k.startswith("MODEL_FORGE_")
+        and k not in ("MODEL_FORGE_RELIABILITY_SEED", "MODEL_FORGE_BENCH_REEXEC")
     }
     host = machine()
     started = datetime.datetime.now().astimezone()
@@ -171,7 +185,7 @@ def main(argv: list[str]) -> int:
             "MODEL_FORGE_RELIABILITY_SEED": seed,
         }
         command = [
-            sys.executable, "-m", "pytest", TESTS, "-q", "-p", "no:cacheprovider",
+            sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:cacheprovider",
             f"--junitxml={junit}", *argv,
         ]  # fmt: skip
         print("running:", " ".join(command), flush=True)
