@@ -79,8 +79,14 @@ def agent() -> Iterator[AgentWorkspace]:
         ws.close()
 
 
+_SELECTING = ("-p", "--provider", "-e", "--env", "--env-file", "--all")
+
+
 def exec_argv(*args: str) -> list[str]:
-    return [*CLI, "exec", *args]
+    """exec with ``args``; ``--all`` when they select nothing (exec then refuses)."""
+    options = args[: args.index("--")] if "--" in args else args
+    selected = any(o.split("=")[0] in _SELECTING for o in options)
+    return [*CLI, "exec", *(() if selected else ("--all",)), *args]
 
 
 def run(ws: AgentWorkspace, *args: str, input: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -490,3 +496,16 @@ def test_a_missing_command_exits_127_and_a_non_executable_one_126(
     refused = run(agent, "-p", "openai", *mask, "--", str(script))
     assert refused.returncode == 126, refused.stderr
     assert b"not executable" in refused.stderr
+
+
+def test_exec_without_a_selection_refuses_and_says_how_to_choose(agent: AgentWorkspace) -> None:
+    result = subprocess.run(
+        [*CLI, "exec", "--", sys.executable, "-c", "print('ran')"],
+        capture_output=True,
+        env=agent.env,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert b"ran" not in result.stdout
+    for option in (b"-p PROVIDER", b"-e VAR=PROVIDER/KEY", b"--all"):
+        assert option in result.stderr

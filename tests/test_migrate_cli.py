@@ -337,7 +337,7 @@ def test_exec_after_migrate_gives_model_forge_its_key(
         f"os.environ['MODELFORGE_GITHUB_COPILOT_ACCESS_TOKEN'] == {ACCESS_TOKEN!r})"
     )
     result = subprocess.run(
-        [*CLI, "exec", "--", sys.executable, "-c", check],
+        [*CLI, "exec", "--all", "--", sys.executable, "-c", check],
         capture_output=True,
         text=True,
         env=agent.env,
@@ -381,7 +381,7 @@ def test_real_model_forge_finds_the_migrated_key_under_exec(
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
-    exec_prefix = (*CLI, "exec", "--")
+    exec_prefix = (*CLI, "exec", "--all", "--")
     for provider in ("openai", "github_copilot"):
         before = auth_status(provider)
         assert "No valid credentials found" in before, before

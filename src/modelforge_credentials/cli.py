@@ -103,17 +103,23 @@ class Cli:
         a = self.args
         options = ServeOptions(
             socket=Path(a.socket) if a.socket else None,
-            idle_timeout=a.idle_timeout or None,
-            max_unlock=a.max_unlock,
             cache_ttl=a.cache_ttl,
-            exit_when_idle=a.exit_when_idle,
             started_by=a.started_by,
             ready_fd=a.ready_fd,
             config_dir=Path(a.config_dir) if a.config_dir else None,
-            unlock_delay_cap=a.unlock_delay_cap,
-            read_deadline=a.read_deadline,
-            max_connections=a.max_connections,
             audit_log=_audit_path(a.audit_log),
+            settings_file=Path(a.settings) if a.settings else None,
+            explicit={
+                name: getattr(a, name)
+                for name in (
+                    "idle_timeout",
+                    "max_unlock",
+                    "unlock_delay_cap",
+                    "read_deadline",
+                    "max_connections",
+                    "exit_when_idle",
+                )
+            },
         )
         return run(options)
 
@@ -384,6 +390,12 @@ class Cli:
             )
         return Path(str(status["path"])).parent, True
 
+    def cmd_completion(self) -> int:
+        from .shell_files import RENDER
+
+        self.stdout.write(RENDER[self.args.shell](build_parser()))
+        return EXIT_OK
+
     def cmd_install_service(self) -> int:
         from pathlib import Path
 
@@ -425,6 +437,13 @@ class Cli:
                 "exec needs a command: modelforge-agent exec -- CMD [ARGS...]"
             )
         overrides = [secret_env.parse_env_option(option) for option in self.args.env]
+        if not (self.args.provider or overrides or self.args.all):
+            # Least privilege, as op run and aws-vault: only what is named.
+            raise CredentialValidationError(
+                "exec injects only the secrets you name; nothing was run. Name them: "
+                "-p PROVIDER (its api_key or access_token, as model-forge and the SDKs read "
+                "them), -e VAR=PROVIDER/KEY, or pass --all to inject every stored provider"
+            )
         with self.client() as client:
             names = self._with_unlock(client, lambda: client.list_keys())
             bindings = secret_env.plan(
@@ -708,7 +727,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is None:
         args = build_parser().parse_args(arguments)
     cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
-    handler = getattr(cli, "cmd_" + args.command.replace("-", "_"))
+    run = getattr(args, "run", None)  # a command of a cli_args.EXTENSIONS module
+    handler = (
+        (lambda: run(cli))
+        if run is not None
+        else getattr(cli, "cmd_" + args.command.replace("-", "_"))
+    )
     try:
         return int(handler())
     except CredentialStorageError as err:

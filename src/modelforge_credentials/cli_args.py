@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--idle-timeout",
         type=float,
-        default=900.0,
-        help="lock after this many idle seconds (0: never)",
+        default=None,
+        help="lock after this many idle seconds (0: never; default 900)",
     )
     serve.add_argument(
         "--max-unlock", type=float, default=None, help="lock this many seconds after an unlock"
@@ -54,23 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="socket-activated: exit after this many seconds without clients",
     )
+    serve.add_argument(
+        "--settings",
+        default=None,
+        metavar="FILE",
+        help="settings file (TOML) for the options above; SIGHUP re-reads it "
+        "(default: $MODEL_FORGE_AGENT_SETTINGS or agent.toml in the config directory)",
+    )
     serve.add_argument("--started-by", default=None, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--config-dir", default=None, help="directory of the encrypted file")
     serve.add_argument(
-        "--unlock-delay-cap", type=float, default=10.0, help="longest delay after failed unlocks"
+        "--unlock-delay-cap",
+        type=float,
+        default=None,
+        help="longest delay after failed unlocks (default 10)",
     )
     serve.add_argument(
         "--read-deadline",
         type=float,
-        default=10.0,
-        help="seconds a client may take to finish a frame",
+        default=None,
+        help="seconds a client may take to finish a frame (default 10)",
     )
     serve.add_argument(
         "--max-connections",
         type=int,
-        default=256,
-        help="open connections kept at most (idle ones are dropped first)",
+        default=None,
+        help="open connections kept at most, idle ones dropped first (default 256)",
     )
     serve.add_argument(
         "--audit-log",
@@ -128,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider",
         action="append",
         default=[],
-        help="provider whose secrets to inject (default: every stored one)",
+        help="provider whose api_key/access_token to inject (repeatable)",
     )
     run.add_argument(
         "-e",
@@ -137,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VAR=PROVIDER/KEY",
         help="set VAR from a credential (overrides the built-in names)",
+    )
+    run.add_argument(
+        "--all",
+        action="store_true",
+        help="inject every stored provider (without it, only what -p/-e/--env-file name)",
     )
     run.add_argument(
         "--skip-missing", action="store_true", help="leave out missing secrets instead of failing"
@@ -210,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--file", default=None, help="log file (default: the running agent's)")
     audit.add_argument("--json", action="store_true", help="raw JSON lines")
 
+    completion = add(
+        "completion", "print the shell completion script (or the man page) for this command"
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "man"])
+
     install = add(
         "install-service", "write the systemd user units (or launchd plist) for this user"
     )
@@ -219,7 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--platform", choices=["linux", "darwin"], default=None, help=argparse.SUPPRESS
     )
+    for module in EXTENSIONS:
+        import importlib
+
+        importlib.import_module(f".{module}", __package__).add_commands(add)
     return parser
+
+
+#: Modules that add commands of their own: each has ``add_commands(add)``,
+#: which creates its subparsers with ``add(name, help)`` and sets
+#: ``run=function`` on each (``function(cli) -> exit status``). They must be
+#: light to import: the parser imports them for --help.
+EXTENSIONS: tuple[str, ...] = ("cli_refs",)
 
 
 def quick_args(argv: Sequence[str]) -> argparse.Namespace | None:
