@@ -111,11 +111,15 @@ def write_units(directory: Path, units: dict[str, str]) -> None:
 
 def analyze_verify(directory: Path) -> subprocess.CompletedProcess[str]:
     need("systemd-analyze")
+    # verify also checks Documentation=man:modelforge-agent(1): the page as a
+    # wheel installs it (share/man under the prefix); an editable install has none.
+    manpath = f"{REPO / 'share' / 'man'}:"
     return subprocess.run(
         ["systemd-analyze", "--user", "verify", *(str(directory / n) for n in UNIT_NAMES)],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "MANPATH": manpath},
     )
 
 

@@ -20,7 +20,7 @@ DEFAULT_EXIT_WHEN_IDLE = 600
 SOCKET_UNIT = """\
 [Unit]
 Description=model-forge credential agent socket
-Documentation=https://pypi.org/project/model-forge-credentials/
+Documentation=man:modelforge-agent(1) https://pypi.org/project/model-forge-credentials/
 
 [Socket]
 ListenStream=%t/model-forge/agent.sock
@@ -42,7 +42,7 @@ WantedBy=sockets.target
 SERVICE_UNIT = """\
 [Unit]
 Description=model-forge credential agent
-Documentation=https://pypi.org/project/model-forge-credentials/
+Documentation=man:modelforge-agent(1) https://pypi.org/project/model-forge-credentials/
 Requires={socket_unit}
 After={socket_unit}
 
@@ -50,6 +50,8 @@ After={socket_unit}
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start} serve --exit-when-idle {exit_when_idle}
+# SIGHUP re-reads the settings file (agent.toml) and reopens the audit log.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 # The agent holds decrypted secrets: keep every file it makes private.
 UMask=0077
