@@ -114,3 +114,66 @@ def backend(environ: Mapping[str, str] | None = None) -> str | None:
             f"{BACKEND}={raw!r} is not a backend; use keyring, encrypted-file or env"
         )
     return choice
+
+
+# -- serve's settings: command line > settings file > these defaults ---------------------
+
+AGENT_SETTINGS = "MODEL_FORGE_AGENT_SETTINGS"
+DOCUMENTED[AGENT_SETTINGS] = (
+    "serve's settings file (TOML; default: agent.toml in the config directory); SIGHUP re-reads it"
+)
+NAMES = NAMES | {AGENT_SETTINGS}
+
+#: name -> default. ``None`` means "no limit"; for idle_timeout 0 means the same.
+SERVE_DEFAULTS: dict[str, float | int | None] = {
+    "idle_timeout": 900.0,
+    "max_unlock": None,
+    "unlock_delay_cap": 10.0,
+    "read_deadline": 10.0,
+    "max_connections": 256,
+    "exit_when_idle": None,
+}
+
+
+def serve_settings_path(config_dir: str, environ: Mapping[str, str] | None = None) -> str:
+    """``$MODEL_FORGE_AGENT_SETTINGS``, else ``agent.toml`` in the config directory."""
+    return text(AGENT_SETTINGS, environ) or os.path.join(config_dir, "agent.toml")
+
+
+def read_serve_settings(path: str) -> dict[str, float | int | None]:
+    """The settings file's values (absent file: none). Unknown names, wrong
+    types and negative numbers raise :class:`SettingError` naming them."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise SettingError(f"cannot read the settings file {path}: {err}") from None
+    unknown = sorted(set(data) - set(SERVE_DEFAULTS))
+    if unknown:
+        raise SettingError(
+            f"{path}: unknown settings {', '.join(unknown)}; known: {', '.join(SERVE_DEFAULTS)}"
+        )
+    values: dict[str, float | int | None] = {}
+    for name, value in data.items():
+        whole = name == "max_connections"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            kind = "a whole number" if whole else "a number of seconds"
+            raise SettingError(f"{path}: {name} must be {kind}, not {value!r}")
+        if value < (1 if whole else 0):
+            raise SettingError(f"{path}: {name} must be at least {1 if whole else 0}")
+        values[name] = int(value) if whole else float(value)
+    return values
+
+
+def serve_settings(
+    explicit: dict[str, float | int | None], from_file: dict[str, float | int | None]
+) -> dict[str, float | int | None]:
+    """Every serve setting: given on the command line, else in the file, else default."""
+    return {
+        name: explicit[name] if explicit.get(name) is not None else from_file.get(name, default)
+        for name, default in SERVE_DEFAULTS.items()
+    }

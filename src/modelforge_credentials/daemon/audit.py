@@ -136,6 +136,12 @@ class AuditLog:
                 result,
             )
 
+    def reopen(self) -> None:
+        """Open the path anew (after an outside rotation moved the file)."""
+        fd = self._open()
+        os.close(self._fd)
+        self._fd = fd
+
     def _rotate(self) -> None:
         os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         os.close(self._fd)

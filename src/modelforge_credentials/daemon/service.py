@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import settings
 from ..errors import CredentialStorageError
 from ..paths import socket_path as default_socket_path
 from ..storage import CredentialStorage
@@ -38,6 +39,35 @@ class ServeOptions:
     max_connections: int = 256
     audit_log: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: The serve settings given on the command line (None: not given); with
+    #: ``settings_file`` they decide the fields above (settings.serve_settings).
+    explicit: dict[str, float | int | None] | None = None
+    settings_file: Path | None = None
+
+    def settings_path(self) -> Path:
+        from ..backends.encrypted_file import default_config_dir
+
+        if self.settings_file is not None:
+            return self.settings_file
+        directory = self.config_dir or default_config_dir()
+        return Path(settings.serve_settings_path(str(directory)))
+
+    def resolve(self) -> list[str]:
+        """Apply command line > settings file > defaults; the names that changed.
+
+        Raises SettingError (the caller keeps the settings it has).
+        """
+        if self.explicit is None:
+            return []
+        values = settings.serve_settings(
+            self.explicit, settings.read_serve_settings(str(self.settings_path()))
+        )
+        if not values["idle_timeout"]:
+            values["idle_timeout"] = None  # 0: never
+        changed = [name for name, value in values.items() if getattr(self, name) != value]
+        for name, value in values.items():
+            setattr(self, name, value)
+        return changed
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -95,6 +125,7 @@ async def serve(options: ServeOptions) -> int:
         sock = runtime.bind()
 
     try:
+        options.resolve()
         backend, reason = select_agent_backend(options.config_dir)
         config = AgentConfig(
             idle_timeout=options.idle_timeout,
@@ -127,8 +158,30 @@ async def serve(options: ServeOptions) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # A closing terminal must not take the agent with it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def reload() -> None:
+        """SIGHUP (systemd's ExecReload): re-read the settings file, reopen the
+        audit log (after rotation). A closing terminal's SIGHUP lands here
+        too, harmlessly: it never stops the agent."""
+        try:
+            changed = options.resolve()
+        except CredentialStorageError as err:
+            log.error("settings not reloaded, keeping the current ones: %s", err)
+            changed = []
+        config.idle_timeout = options.idle_timeout
+        config.max_unlock = options.max_unlock
+        config.unlock_delay_cap = options.unlock_delay_cap
+        server.read_deadline = options.read_deadline
+        server.max_connections = options.max_connections
+        if server.audit is not None:
+            server.audit.reopen()
+        server.wake_timers()
+        log.info(
+            "reloaded: %s",
+            ", ".join(f"{n}={getattr(options, n)}" for n in changed) or "no setting changed",
+        )
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     idle_exit: asyncio.TimerHandle | None = None
 
