@@ -146,9 +146,27 @@ def test_env_option_adds_a_variable(agent: AgentWorkspace) -> None:
 
 
 def test_env_option_overrides_a_built_in_name(agent: AgentWorkspace) -> None:
-    found = child_secrets(agent, "--env", "OPENAI_API_KEY=other/key")
+    found = child_secrets(agent, "--all", "--env", "OPENAI_API_KEY=other/key")
     assert found["OPENAI_API_KEY"] == OTHER
     assert found["MODELFORGE_OPENAI_API_KEY"] == OPENAI
+
+
+def test_env_option_alone_injects_that_variable_only(agent: AgentWorkspace) -> None:
+    assert child_secrets(agent, "--env", "OPENAI_API_KEY=other/key") == {"OPENAI_API_KEY": OTHER}
+
+
+def test_env_file_references_and_plain_values_reach_the_child_only_named(
+    agent: AgentWorkspace, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('# dev\nMY_VAR="plain value"\nexport OPENAI_API_KEY=mf://openai/api_key\n')
+    found = child_secrets(agent, "--env-file", str(env_file))
+    assert found == {"OPENAI_API_KEY": OPENAI, "MY_VAR": "plain value"}
+    env_file.write_text("A=mf://nosuch/key\nB=mf://other/missing\n")
+    result = run(agent, "--env-file", str(env_file), "--", sys.executable, "-c", "print('ran')")
+    assert result.returncode == 1
+    assert b"mf://nosuch/key" in result.stderr and b"mf://other/missing" in result.stderr
+    assert b"ran" not in result.stdout
 
 
 # -- only the child sees them; exec becomes the child ------------------------------------------

@@ -436,26 +436,40 @@ class Cli:
             raise CredentialValidationError(
                 "exec needs a command: modelforge-agent exec -- CMD [ARGS...]"
             )
+        from . import refs
+
         overrides = [secret_env.parse_env_option(option) for option in self.args.env]
-        if not (self.args.provider or overrides or self.args.all):
+        # Read before the agent is asked anything: a bad file is exit 2, nothing run.
+        plain, from_files = refs.env_files_bindings(self.args.env_file)
+        if not (self.args.provider or overrides or self.args.env_file or self.args.all):
             # Least privilege, as op run and aws-vault: only what is named.
             raise CredentialValidationError(
                 "exec injects only the secrets you name; nothing was run. Name them: "
                 "-p PROVIDER (its api_key or access_token, as model-forge and the SDKs read "
-                "them), -e VAR=PROVIDER/KEY, or pass --all to inject every stored provider"
+                "them), -e VAR=PROVIDER/KEY, --env-file FILE, or pass --all to inject every "
+                "stored provider"
             )
         with self.client() as client:
-            names = self._with_unlock(client, lambda: client.list_keys())
-            bindings = secret_env.plan(
-                names, self.args.provider, overrides, skip_missing=self.args.skip_missing
-            )
-            values = secret_env.resolve(
-                bindings, client.retrieve, skip_missing=self.args.skip_missing
+            values: dict[str, str] = {}
+            if self.args.provider or overrides or self.args.all:
+                names = self._with_unlock(client, lambda: client.list_keys())
+                providers = None if self.args.all else self.args.provider
+                bindings = secret_env.plan(
+                    names, providers, overrides, skip_missing=self.args.skip_missing
+                )
+                values = secret_env.resolve(
+                    bindings, client.retrieve, skip_missing=self.args.skip_missing
+                )
+            # Every reference in the files must exist: all unknown ones named at once.
+            resolved = self._with_unlock(
+                client, lambda: refs.resolve_all(from_files, client.retrieve)
             )
         env = dict(os.environ)
-        env.update(values)
+        env.update(plain)
+        env.update(resolved)
+        env.update(values)  # -p and -e win over a file, as on op run's command line
         if self.args.mask:
-            return secret_env.run_masked(argv, env, values.values())
+            return secret_env.run_masked(argv, env, [*values.values(), *resolved.values()])
         self.stdout.flush()
         self.stderr.flush()
         secret_env.exec_replace(argv, env)

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="set VAR from a credential (overrides the built-in names)",
     )
     run.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="dotenv file; values that are mf://PROVIDER/KEY references come from the agent",
+    )
+    run.add_argument(
         "--all",
         action="store_true",
         help="inject every stored provider (without it, only what -p/-e/--env-file name)",

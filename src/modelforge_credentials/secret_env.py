@@ -95,19 +95,21 @@ def parse_env_option(option: str) -> Binding:
         raise CredentialValidationError(
             f"--env expects VAR=PROVIDER/KEY, e.g. OPENAI_API_KEY=openai/api_key (got {option!r})"
         )
-    if not variable.replace("_", "").isalnum() or variable[0].isdigit():
+    from .refs import valid_variable
+
+    if not valid_variable(variable):
         raise CredentialValidationError(f"{variable!r} is not a valid environment variable name")
     return Binding(variable, provider, key, required=True)
 
 
 def plan(
     names: list[tuple[str, str]],
-    providers: list[str],
+    providers: list[str] | None,
     overrides: list[Binding],
     *,
     skip_missing: bool,
 ) -> list[Binding]:
-    """Bindings for ``providers`` (all stored ones when empty) plus overrides.
+    """Bindings for ``providers`` (every stored one when ``None``) plus overrides.
 
     Raises :class:`CredentialNotFoundError` for a named provider without any
     credential, unless ``skip_missing``, and :class:`CredentialValidationError`
@@ -117,7 +119,7 @@ def plan(
     by_provider: dict[str, list[str]] = {}
     for provider, key in names:
         by_provider.setdefault(provider, []).append(key)
-    chosen = providers or sorted(by_provider)
+    chosen = sorted(by_provider) if providers is None else providers
     bindings: dict[str, Binding] = {}
     for provider in chosen:
         found = default_bindings(provider, by_provider.get(provider, ()))

@@ -62,6 +62,7 @@ complete -c modelforge-agent -n '__fish_seen_subcommand_from passwd' -l config-d
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -s p -l provider -x -d 'provider whose api_key/access_token to inject (repeatable)'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -s e -l env -x -d 'set VAR from a credential (overrides the built-in names)'
+complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -l env-file -rF -d 'dotenv file; values that are mf://PROVIDER/KEY references come from the agent'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -l all -d 'inject every stored provider (without it, only what -p/-e/--env-file name)'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -l skip-missing -d 'leave out missing secrets instead of failing'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exec' -l mask -d 'replace secret values in the command\'s output with ***'
