@@ -66,8 +66,19 @@ def test_the_wheel_holds_our_package_only_typed_and_licensed(dist: Path) -> None
         n
         for n in names
         if not n.startswith(("modelforge_credentials/", f"{info}/"))
-        and n != f"model_forge_credentials-{VERSION}.data/scripts/modelforge-agent"
+        and not n.startswith(f"model_forge_credentials-{VERSION}.data/")
     ]
+    data = f"model_forge_credentials-{VERSION}.data"
+    for shipped in (
+        "scripts/modelforge-agent",
+        "scripts/git-credential-modelforge",
+        "data/share/man/man1/modelforge-agent.1",
+        "data/share/bash-completion/completions/modelforge-agent",
+        "data/share/zsh/site-functions/_modelforge-agent",
+        "data/share/fish/vendor_completions.d/modelforge-agent.fish",
+    ):
+        assert f"{data}/{shipped}" in names, shipped
+    assert not [n for n in names if n.startswith(f"{data}/") and "__pycache__" in n]
     assert strays == []
     assert top_level == ["modelforge_credentials"]
     assert not any(n.startswith(("modelforge/", "bin/")) for n in names)
@@ -89,6 +100,8 @@ def test_the_sdist_carries_what_its_tests_need(dist: Path) -> None:
         "tests/realpeers.py",
         "tests/run.py",
         "scripts/modelforge-agent",
+        "scripts/git-credential-modelforge",
+        "share/man/man1/modelforge-agent.1",
         "src/modelforge_credentials/py.typed",
     ):
         assert needed in names, needed

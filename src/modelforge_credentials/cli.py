@@ -146,13 +146,7 @@ class Cli:
             log_path = Path(self.args.log) if self.args.log else None
             pid = spawn_agent(self.socket, started_by="manual", log_path=log_path, extra_args=extra)
             note = "started"
-        path = shlex.quote(str(self.socket))
-        if self.args.csh:
-            self.stdout.write(f"setenv {SOCKET_VARIABLE} {path};\n")
-        elif self.args.fish:
-            self.stdout.write(f"set -gx {SOCKET_VARIABLE} {path};\n")
-        else:
-            self.stdout.write(f"{SOCKET_VARIABLE}={path}; export {SOCKET_VARIABLE};\n")
+        self.stdout.write(self._shell_line(shlex.quote(str(self.socket))))
         self.stdout.write(f"echo Agent pid {pid} {note};\n")
         return EXIT_OK
 
@@ -186,14 +180,19 @@ class Cli:
         self._print_unset(pid)
         return EXIT_OK
 
+    def _shell_line(self, value: str | None) -> str:
+        """The line that sets (``value``, quoted) or unsets (``None``) the
+        socket variable in the user's shell, for eval (--csh, --fish)."""
+        name = SOCKET_VARIABLE
+        if self.args.csh:
+            return f"setenv {name} {value};\n" if value else f"unsetenv {name};\n"
+        if self.args.fish:
+            return f"set -gx {name} {value};\n" if value else f"set -e {name};\n"
+        return f"{name}={value}; export {name};\n" if value else f"unset {name};\n"
+
     def _print_unset(self, pid: int | None) -> None:
         """For ``eval "$(modelforge-agent stop)"``, as ``ssh-agent -k`` prints."""
-        if self.args.csh:
-            self.stdout.write(f"unsetenv {SOCKET_VARIABLE};\n")
-        elif self.args.fish:
-            self.stdout.write(f"set -e {SOCKET_VARIABLE};\n")
-        else:
-            self.stdout.write(f"unset {SOCKET_VARIABLE};\n")
+        self.stdout.write(self._shell_line(None))
         if pid is not None:
             self.stdout.write(f"echo Agent pid {pid} stopped;\n")
 

@@ -66,33 +66,31 @@ class SettingError(CredentialValidationError):
     """A setting has a value outside its vocabulary; the message names both."""
 
 
+def _on_off(raw: str) -> bool | None:
+    """The one on/off vocabulary; ``None`` for anything else."""
+    value = raw.strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else None
+
+
 def flag(name: str, environ: Mapping[str, str] | None = None, default: bool = False) -> bool:
     """``name`` as a boolean: 1/true/yes/on or 0/false/no/off (any case);
     unset gives ``default``. Anything else raises :class:`SettingError`."""
-    env = os.environ if environ is None else environ
-    raw = env.get(name)
+    raw = (os.environ if environ is None else environ).get(name)
     if raw is None:
         return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingError(f"{name}={raw!r} is not on or off; use 1/true/yes/on or 0/false/no/off")
+    value = _on_off(raw)
+    if value is None:
+        raise SettingError(f"{name}={raw!r} is not on or off; use 1/true/yes/on or 0/false/no/off")
+    return value
 
 
 def flag_or_path(name: str, environ: Mapping[str, str] | None = None) -> bool | str:
     """A setting that is on, off, or a path: ``True``/``False``, or the path."""
-    env = os.environ if environ is None else environ
-    raw = env.get(name)
+    raw = (os.environ if environ is None else environ).get(name)
     if raw is None:
         return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return str(raw)
+    value = _on_off(raw)
+    return raw if value is None else value
 
 
 def text(name: str, environ: Mapping[str, str] | None = None) -> str | None:
