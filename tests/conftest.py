@@ -13,6 +13,7 @@ from keyring.backends import fail
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from agent_harness import AgentWorkspace  # noqa: E402
 from modelforge_credentials import KdfParams  # noqa: E402
 from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession  # noqa: E402
 
@@ -54,6 +55,16 @@ def isolated_environment(
     keyring.set_keyring(fail.Keyring())
     yield home
     keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def workspace(isolated_environment: Path) -> Iterator[AgentWorkspace]:
+    """A private socket path and config dir for real agent processes, cleaned up."""
+    ws = AgentWorkspace(dict(os.environ))
+    try:
+        yield ws
+    finally:
+        ws.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="us
 CRAFTED = "x\n2026-12-01T00:00:00+0000 pid=1 uid=0 /bin/sh retrieve forged/line ok\x1b[2J"
 
 
-@pytest.fixture
-def workspace() -> Iterator[AgentWorkspace]:
-    ws = AgentWorkspace(dict(os.environ))
-    try:
-        yield ws
-    finally:
-        ws.close()
 
 
 def test_text_view_escapes_every_line_breaker_and_terminal_control() -> None:

@@ -15,7 +15,6 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,6 @@ AUDIT_FIELDS = {"time", "pid", "uid", "exe", "op", "provider", "key", "result"}
 MAX_BYTES = 1_048_576  # daemon/audit.py DEFAULT_MAX_BYTES, written out so a change shows
 
 
-@pytest.fixture
-def workspace() -> Iterator[AgentWorkspace]:
-    ws = AgentWorkspace(dict(os.environ))
-    try:
-        yield ws
-    finally:
-        ws.close()
 
 
 def doctor(ws: AgentWorkspace, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -12,9 +12,7 @@ import os
 import select
 import socket
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
@@ -40,12 +38,8 @@ GOOD_VALUE = "sk-limits-good-3f9a"
 
 
 @pytest.fixture
-def agents(isolated_environment: Path) -> Iterator[AgentWorkspace]:
-    workspace = AgentWorkspace(dict(os.environ))
-    try:
-        yield workspace
-    finally:
-        workspace.close()
+def agents(workspace: AgentWorkspace) -> AgentWorkspace:
+    return workspace
 
 
 @pytest.fixture

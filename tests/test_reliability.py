@@ -92,12 +92,8 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 
 @pytest.fixture
-def agents(isolated_environment: Path) -> Iterator[AgentWorkspace]:
-    workspace = AgentWorkspace(dict(os.environ))
-    try:
-        yield workspace
-    finally:
-        workspace.close()
+def agents(workspace: AgentWorkspace) -> AgentWorkspace:
+    return workspace
 
 
 def client_for(agents: AgentWorkspace, timeout: float = TIMEOUT) -> AgentClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,8 @@ from modelforge_credentials.client.sync import AgentClient
 
 
 @pytest.fixture
-def ws() -> Iterator[AgentWorkspace]:
-    workspace = AgentWorkspace(dict(os.environ))
-    try:
-        yield workspace
-    finally:
-        workspace.close()
+def ws(workspace: AgentWorkspace) -> AgentWorkspace:
+    return workspace
 
 
 def status(ws: AgentWorkspace) -> dict[str, object]:
