@@ -49,6 +49,10 @@ def isolated_environment(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    # Nor a prompt of the developer's desktop or terminal (askpass, pinentry).
+    monkeypatch.setenv("MODEL_FORGE_ASKPASS", "off")
+    for name in ("SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "GPG_TTY", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
     # Child processes (CLI, agent) must not find the machine's keyring either.
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     previous = keyring.get_keyring()

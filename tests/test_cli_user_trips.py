@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,23 @@ def test_agent_storage_warns_once_when_the_agent_uses_another_backend(
             assert storage.retrieve("openai", "api_key") == VALUE  # once is enough
     finally:
         storage.close()
+
+
+def test_a_locked_agent_is_unlocked_through_askpass_when_there_is_no_terminal(
+    ws: AgentWorkspace, tmp_path: Path
+) -> None:
+    assert ws.cli("passwd", input="askpass passphrase\n").returncode == 0
+    assert ws.cli("set", "openai", "api_key", input=VALUE).returncode == 0
+    assert ws.cli("lock").returncode == 0
+    askpass = tmp_path / "askpass"
+    askpass.write_text("#!/bin/sh\nprintf '%s\\n' 'askpass passphrase'\n")
+    askpass.chmod(0o700)
+    env = {**ws.env, "MODEL_FORGE_ASKPASS": str(askpass)}
+    got = ws.cli("get", "openai", "api_key", env=env)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == VALUE + "\n"
+    assert "askpass passphrase" not in got.stderr
+    # and without an askpass program, a locked agent is reported as locked (exit 3)
+    assert ws.cli("lock").returncode == 0
+    locked = ws.cli("get", "openai", "api_key", env={**ws.env, "MODEL_FORGE_ASKPASS": "off"})
+    assert locked.returncode == 3

@@ -70,7 +70,7 @@ def test_zsh_loads_the_completion_function() -> None:
     source = SHARE / TARGETS["zsh"]
     assert run([zsh, "-n", str(source)]).returncode == 0
     script = (
-        f"fpath=({source.parent} $fpath); autoload -Uz compinit; compinit -u -d /dev/null; "
+        f"fpath=({source.parent} $fpath); autoload -Uz compinit; compinit -u -D; "
         "print -r -- ${_comps[modelforge-agent]}"
     )
     done = run([zsh, "-f", "-c", script])

@@ -74,22 +74,31 @@ class Cli:
     def _interactive(self) -> bool:
         return self.stdin.isatty()
 
-    def read_secret(self, prompt: str) -> str:
-        """A no-echo prompt on a terminal, else one line of standard input."""
-        if self._interactive():
-            import getpass
+    def read_secret(
+        self,
+        prompt: str,
+        *,
+        description: str = "Passphrase of the model-forge credential store",
+        confirm: bool = False,
+        read_stdin: bool = True,
+    ) -> str:
+        """A no-echo prompt on a terminal, else a line of standard input, else an
+        askpass program or a pinentry (the rule: client/askpass.py)."""
+        from .client.askpass import read_passphrase
 
-            return getpass.getpass(prompt)
-        line = self.stdin.readline()
-        if not line:
-            raise CredentialValidationError(
-                f"expected a line on standard input ({prompt.strip(': ')})"
-            )
-        return line[:-1] if line.endswith("\n") else line
+        return read_passphrase(
+            prompt,
+            description=description,
+            confirm=confirm,
+            stdin=self.stdin if read_stdin else None,
+        )
 
     def read_value(self) -> str:
         if self._interactive():
-            return self.read_secret("Value (not echoed): ")
+            import getpass
+
+            # Never an askpass dialog: this is a secret value, not a passphrase.
+            return getpass.getpass("Value (not echoed): ")
         data = self.stdin.read()
         return data[:-1] if data.endswith("\n") else data
 
@@ -228,7 +237,9 @@ class Cli:
         return EXIT_OK
 
     def cmd_unlock(self) -> int:
-        passphrase = self.read_secret("Passphrase: ")
+        passphrase = self.read_secret(
+            "Passphrase: ", description="Unlock the model-forge credential agent"
+        )
         with self.client() as client:
             client.unlock(passphrase)
         return EXIT_OK
@@ -320,10 +331,12 @@ class Cli:
         storage = EncryptedFileStorage(config_dir)
         current = None
         if storage.protection == "passphrase" and storage.path.exists():
-            current = self.read_secret("Current passphrase: ")
-        new = self.read_secret("New passphrase: ")
-        if self._interactive() and self.read_secret("Repeat new passphrase: ") != new:
-            raise CredentialValidationError("the two new passphrases differ; nothing was changed")
+            current = self.read_secret(
+                "Current passphrase: ", description=f"The current passphrase of {storage.path}"
+            )
+        new = self.read_secret(
+            "New passphrase: ", description=f"A new passphrase for {storage.path}", confirm=True
+        )
         if not new:
             raise CredentialValidationError("the new passphrase is empty; nothing was changed")
         storage.set_passphrase(new, current=current)
@@ -344,7 +357,10 @@ class Cli:
         try:
             info = storage.inspect_backup()
         except CredentialLockedError:
-            passphrase = self.read_secret("Passphrase of the backup: ")
+            passphrase = self.read_secret(
+                "Passphrase of the backup: ",
+                description=f"The passphrase of the backup of {storage.path}",
+            )
             info = storage.inspect_backup(passphrase)
         age = _duration(clock.time() - info.modified)
         names = ", ".join(f"{p}/{k}" for p, k in info.names) or "nothing"
@@ -675,10 +691,22 @@ class Cli:
         try:
             return action()
         except CredentialLockedError:
-            if not (self._interactive() and self.stderr.isatty()):
-                raise
+            if self._interactive() and self.stderr.isatty():
+                read_stdin = True
+            else:
+                from .client.askpass import find_prompter
+
+                if find_prompter() is None:
+                    raise
+                read_stdin = False  # stdin carries the command's data (set's value)
             self.stderr.write("The agent is locked.\n")
-            client.unlock(self.read_secret("Passphrase: "))
+            client.unlock(
+                self.read_secret(
+                    "Passphrase: ",
+                    description="Unlock the model-forge credential agent",
+                    read_stdin=read_stdin,
+                )
+            )
             return action()
 
 

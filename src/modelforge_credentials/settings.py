@@ -21,6 +21,8 @@ BACKEND = "MODEL_FORGE_BACKEND"
 CONFIG_DIR = "MODEL_FORGE_CONFIG_DIR"
 AUDIT_LOG = "MODEL_FORGE_AUDIT_LOG"
 KEYRING_PREFERRED = "MODEL_FORGE_KEYRING_PREFERRED"
+ASKPASS = "MODEL_FORGE_ASKPASS"
+PINENTRY = "MODEL_FORGE_PINENTRY"
 
 #: name -> what it does (README's "Environment" list says the same).
 DOCUMENTED = {
@@ -30,6 +32,9 @@ DOCUMENTED = {
     CONFIG_DIR: "the encrypted file's directory (default: ~/.config/model-forge)",
     AUDIT_LOG: "serve's access log: on (default path), off, or a file path",
     KEYRING_PREFERRED: "on: keyring selects the agent's plugin by priority",
+    ASKPASS: "without a terminal: a program that prints the passphrase (ssh-askpass style), "
+    "or off: standard input only",
+    PINENTRY: "the pinentry to ask with (default: the first on PATH), or off",
 }
 
 #: The project's own development variables (tests, benchmarks, CI): settings too.
@@ -42,6 +47,7 @@ DEVELOPMENT = frozenset(
         "MODEL_FORGE_VENV",
         "MODEL_FORGE_BENCH_REEXEC",
         "MODEL_FORGE_RELIABILITY_REPORT",
+        "MODEL_FORGE_REQUIRE_PINENTRY",
     }
 )
 
