@@ -281,13 +281,13 @@ class Cli:
         return EXIT_OK
 
     def cmd_get(self) -> int:
-        import shlex
-
         with self.client() as client:
             value = self._with_unlock(
                 client, lambda: client.retrieve(self.args.provider, self.args.key)
             )
         if value is None:
+            import shlex  # only for the message: not on the path of every get
+
             raise CredentialNotFoundError(
                 f"no credential {self.args.key!r} for provider {self.args.provider!r}; "
                 f"store one with `modelforge-agent set {shlex.quote(self.args.provider)} "
