@@ -25,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+
+from testkit import FakeClock, frame, map_frame, wait_until  # noqa: F401 - re-exported
 
 CLI = (sys.executable, "-m", "modelforge_credentials.cli")
 SOCK_VAR = "MODEL_FORGE_AGENT_SOCK"
@@ -94,17 +96,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return text.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll ``predicate`` until it holds; return the seconds it took."""
-    began = time.monotonic()
-    deadline = began + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.005)
-    return time.monotonic() - began
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -241,10 +232,6 @@ class AgentWorkspace:
 
 
 # -- raw frames -------------------------------------------------------------------------
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
 
 
 def pack(message: object) -> bytes:

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -53,6 +52,7 @@ from modelforge_credentials.protocol import (
     parse_request,
     request_message,
 )
+from testkit import FakeClock, frame, map_frame
 
 SECRET = "sk-inproc-4b1d9e7c2a"
 SECRET2 = "sk-inproc-other-88a0f3"
@@ -63,17 +63,6 @@ TIMEOUT = 10.0
 
 
 # -- time ----------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSleep:
@@ -197,14 +186,6 @@ class RawConnection:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
-def map_frame(message: dict[str, object]) -> bytes:
-    return frame(msgpack.packb(message, use_bin_type=True))
 
 
 def failure(reply: dict[str, object]) -> tuple[object, str]:

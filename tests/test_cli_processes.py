@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit import wait_until
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="uses /proc, prctl, setpriv and SO_PEERCRED"
 )
@@ -67,14 +69,6 @@ def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie has exited and does not count)."""
     info = proc_stat(pid)
     return info is not None and info.state not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def pid_from(start_output: str) -> int:

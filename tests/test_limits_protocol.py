@@ -23,6 +23,7 @@ from modelforge_credentials.protocol import (
     parse_request,
     peek_retrieve,
 )
+from testkit import frame
 
 
 def general(data: bytes) -> tuple[int, str, str] | None:
@@ -42,16 +43,12 @@ def general(data: bytes) -> tuple[int, str, str] | None:
     return request.id, request.provider, request.key
 
 
-def framed(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
 def str_(text: str) -> bytes:
     return bytes(msgpack.packb(text))
 
 
 def fixmap5(*entries: tuple[bytes, bytes]) -> bytes:
-    return framed(b"\x85" + b"".join(k + v for k, v in entries))
+    return frame(b"\x85" + b"".join(k + v for k, v in entries))
 
 
 GOOD = [
@@ -85,7 +82,7 @@ FRAMES: dict[str, bytes] = {
     "key nil": fixmap5(*replaced(4, b"\xc0")),
     "a bin key": fixmap5(*GOOD[:4], (b"\xc4\x03key", str_("api_key"))),
     "duplicate key": fixmap5(*GOOD[:4], GOOD[0]),
-    "trailing byte": framed(fixmap5(*GOOD)[4:] + b"\xc0"),
+    "trailing byte": frame(fixmap5(*GOOD)[4:] + b"\xc0"),
     "invalid utf-8": fixmap5(*replaced(4, b"\xa2\xff\xfe")),
     "op exists": fixmap5(*replaced(2, str_("exists"))),
     "length one short": fixmap5(*GOOD)[:-1],
@@ -132,5 +129,5 @@ def test_the_peek_agrees_with_the_general_path(
     v: object, request_id: object, op: object, provider: object, key: object
 ) -> None:
     message = {"v": v, "id": request_id, "op": op, "provider": provider, "key": key}
-    data = framed(msgpack.packb(message, use_bin_type=True))
+    data = frame(msgpack.packb(message, use_bin_type=True))
     assert peek_retrieve(data) == general(data)

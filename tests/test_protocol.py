@@ -45,13 +45,10 @@ from modelforge_credentials.protocol import (
     parse_request,
     request_message,
 )
+from testkit import frame
 
 SECRET = "sk-SECRET-7f3a9c"
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
 
 
 def pack(obj: object) -> bytes:

@@ -68,6 +68,7 @@ from modelforge_credentials.errors import (
     CredentialStorageError,
     CredentialStorageUnavailableError,
 )
+from testkit import FakeClock
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="uses /proc, tmpfs, setpriv and SO_PEERCRED"
@@ -1381,14 +1382,6 @@ def test_unsafe_socket_directories_are_refused(
 WRONG_UNLOCKS = 100
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class RecordingSleep:
     """The anti-guessing delay, recorded and added to the fake clock instead of waited."""
 
@@ -1420,7 +1413,7 @@ async def test_a_hundred_wrong_passphrases_in_process(tmp_path: Path, figures: F
     backup = directory / "credentials.enc.bak"
     backup_before = backup.read_bytes() if backup.exists() else None
     config = AgentConfig(unlock_delay_cap=10.0)
-    clock = FakeClock()
+    clock = FakeClock(5_000.0)
     sleep = RecordingSleep(clock)
     agent = Agent(EncryptedFileStorage(directory, kdf=FAST_KDF), config, clock=clock, sleep=sleep)
     sock_dir = Path(tempfile.mkdtemp(prefix="mfr-", dir="/tmp"))

@@ -46,6 +46,7 @@ import modelforge_credentials as credentials_pkg
 from modelforge_credentials import services
 from modelforge_credentials.client import AgentClient
 from modelforge_credentials.daemon import activation, service
+from testkit import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 #: The ``src`` directory this test imports from: children import the same code.
@@ -60,14 +61,6 @@ def need(*programs: str) -> None:
     for program in programs:
         if shutil.which(program) is None:
             pytest.skip(f"{program} is not installed (Debian package: systemd)")
-
-
-def poll_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.02)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -210,7 +203,7 @@ class SocketActivator:
             )
         self.started.append(proc)
         # Only its own log says it listens: connecting would activate the agent.
-        poll_until(
+        wait_until(
             lambda: (
                 f"Listening on {self.socket_path}" in log.read_text() or proc.poll() is not None
             ),

@@ -22,6 +22,7 @@ import pytest
 
 from modelforge_credentials.client.aio import AsyncAgentClient
 from modelforge_credentials.errors import AgentProtocolError
+from testkit import map_frame
 
 #: Far beyond any bound below: a call that waits for it is a hang, not an answer.
 CLIENT_TIMEOUT = 120.0
@@ -29,11 +30,6 @@ CLIENT_TIMEOUT = 120.0
 FAST = 5.0
 
 HELLO_FIELDS = {"protocol": 1, "agent": "test", "backend": "encrypted-file", "locked": False}
-
-
-def frame(message: dict[str, object]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
 
 
 async def read_request(reader: asyncio.StreamReader) -> dict[str, object]:
@@ -83,7 +79,7 @@ async def socket_path() -> AsyncIterator[Path]:
 
 async def test_a_reply_before_any_request_fails_the_next_call_at_once(socket_path: Path) -> None:
     async def greet_unasked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(frame({"id": 7, "ok": True, **HELLO_FIELDS}))
+        writer.write(map_frame({"id": 7, "ok": True, **HELLO_FIELDS}))
         await writer.drain()
 
     async with (
@@ -103,7 +99,7 @@ async def test_a_second_reply_to_one_request_fails_the_next_call_at_once(
 ) -> None:
     async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await read_request(reader)
-        reply = frame({"id": request["id"], "ok": True, **HELLO_FIELDS})
+        reply = map_frame({"id": request["id"], "ok": True, **HELLO_FIELDS})
         writer.write(reply + reply)  # one write: both arrive before the client goes on
         await writer.drain()
 
@@ -123,7 +119,7 @@ async def test_a_reply_with_an_unknown_id_fails_every_pending_call(socket_path: 
     ) -> None:
         for _ in range(3):
             await read_request(reader)
-        writer.write(frame({"id": 99, "ok": True, **HELLO_FIELDS}))
+        writer.write(map_frame({"id": 99, "ok": True, **HELLO_FIELDS}))
         await writer.drain()
 
     async with (
@@ -143,7 +139,7 @@ async def test_a_well_behaved_server_still_gets_pipelined_calls(socket_path: Pat
     async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(3):
             request = await read_request(reader)
-            writer.write(frame({"id": request["id"], "ok": True, **HELLO_FIELDS}))
+            writer.write(map_frame({"id": request["id"], "ok": True, **HELLO_FIELDS}))
         await writer.drain()
 
     async with (
