@@ -132,6 +132,13 @@ class FailAfterStores:
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
         return self.inner.list_keys(provider)
 
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
 
 class ReadsBackWrong(FailAfterStores):
     """A real storage that garbles one credential on read-back."""

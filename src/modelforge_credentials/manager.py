@@ -62,5 +62,4 @@ class CredentialManager:
         return self.storage.list_keys(provider)
 
     def describe(self) -> dict[str, Any]:
-        describe = getattr(self.storage, "describe", None)
-        return dict(describe()) if callable(describe) else {"backend": type(self.storage).__name__}
+        return dict(self.storage.describe())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -12,6 +12,16 @@ class CredentialStorage(Protocol):
     Implementations validate their input (:mod:`.validation`) and raise only
     :class:`~modelforge_credentials.errors.CredentialStorageError` subclasses.
     """
+
+    @property
+    def name(self) -> str:
+        """The backend's name as MODEL_FORGE_BACKEND and status spell it."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """``backend`` (the name), ``protection`` and anything a status display
+        shows about it (a path, a warning). Never a secret."""
+        ...
 
     def store(self, provider: str, key: str, value: str) -> None:
         """Store ``value``, replacing any previous one. Durable on return."""

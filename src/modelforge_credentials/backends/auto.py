@@ -12,7 +12,7 @@ to install or set.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,78 @@ def file_usable(config_dir: Path) -> tuple[bool, str]:
     return True, f"encrypted file in {config_dir}"
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend as selection, doctor and status see it.
+
+    ``usable`` says whether it can run here and why, without writing
+    anything; ``build`` makes it. Auto-selection takes the usable one with
+    the highest ``priority``; ``MODEL_FORGE_BACKEND`` forces one by
+    ``name``, and then ``usable`` must hold only if ``checked_when_forced``.
+    """
+
+    name: str
+    label: str  # for reasons: "no system keyring (why)"
+    priority: int
+    usable: Callable[[Path, Mapping[str, str]], tuple[bool, str]]
+    build: Callable[[Path, str | None, Mapping[str, str], bool], CredentialStorage]
+    checked_when_forced: bool
+    #: What to do when it is not usable (for the "nothing is usable" error).
+    remedy: str
+
+
+def _build_keyring(
+    directory: Path, passphrase: str | None, env: Mapping[str, str], prompt: bool
+) -> CredentialStorage:
+    from .system_keyring import KeyringStorage
+
+    return KeyringStorage(system_keyring(), prompt=prompt)
+
+
+def _env_usable(directory: Path, env: Mapping[str, str]) -> tuple[bool, str]:
+    if EnvVarStorage(env).has_credentials():
+        return True, "only environment variables are available"
+    return False, "no MODEL_FORGE_* or MODELFORGE_* variables set"
+
+
+#: Every backend, the one table selection, doctor and status read.
+REGISTRY: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        "keyring",
+        "system keyring",
+        300,
+        lambda directory, env: keyring_usable(),
+        _build_keyring,
+        checked_when_forced=True,
+        remedy="install and start a keyring (e.g. gnome-keyring)",
+    ),
+    BackendSpec(
+        "encrypted-file",
+        "usable encrypted-file directory",
+        200,
+        lambda directory, env: file_usable(directory),
+        lambda directory, passphrase, env, prompt: EncryptedFileStorage(
+            directory, passphrase=passphrase
+        ),
+        checked_when_forced=False,
+        remedy="set MODEL_FORGE_CONFIG_DIR to a writable directory",
+    ),
+    BackendSpec(
+        "env",
+        "environment credentials",
+        100,
+        _env_usable,
+        lambda directory, passphrase, env, prompt: EnvVarStorage(env),
+        checked_when_forced=False,
+        remedy="export MODELFORGE_<PROVIDER>_API_KEY",
+    ),
+)
+
+
+def spec(name: str) -> BackendSpec:
+    return next(s for s in REGISTRY if s.name == name)
+
+
 def select_backend(
     *,
     config_dir: Path | str | None = None,
@@ -107,50 +179,30 @@ def select_backend(
     directory = Path(config_dir) if config_dir is not None else default_config_dir()
     choice = settings.backend(env)
     if choice is not None:
-        return _forced(choice, directory, passphrase, env, prompt)
-
-    tried = []
-    ok, why = keyring_usable()
-    if ok:
-        from .system_keyring import KeyringStorage
-
-        return Selection(KeyringStorage(system_keyring(), prompt=prompt), f"auto: {why}")
-    tried.append(f"keyring: {why}")
-    ok, why = file_usable(directory)
-    if ok:
-        storage = EncryptedFileStorage(directory, passphrase=passphrase)
-        return Selection(storage, f"auto: no system keyring ({tried[0]}); {why}")
-    tried.append(f"encrypted file: {why}")
-    env_storage = EnvVarStorage(env)
-    if env_storage.has_credentials():
-        return Selection(env_storage, "auto: only environment variables are available")
-    tried.append("env: no MODEL_FORGE_* or MODELFORGE_* variables set")
+        forced = spec(choice)
+        if forced.checked_when_forced:
+            ok, why = forced.usable(directory, env)
+            if not ok:
+                raise CredentialStorageUnavailableError(
+                    f"{BACKEND_VARIABLE}={choice}, but {why}: {forced.remedy} or choose "
+                    "another backend"
+                )
+        storage = forced.build(directory, passphrase, env, prompt)
+        return Selection(storage, f"forced by {BACKEND_VARIABLE}={choice}")
+    tried: list[tuple[BackendSpec, str]] = []
+    for candidate in sorted(REGISTRY, key=lambda s: -s.priority):
+        ok, why = candidate.usable(directory, env)
+        if ok:
+            passed = "".join(f"; no {s.label} ({reason})" for s, reason in tried)
+            storage = candidate.build(directory, passphrase, env, prompt)
+            return Selection(storage, f"auto: {why}{passed}")
+        tried.append((candidate, why))
     raise CredentialStorageUnavailableError(
         "no credential backend is usable ("
-        + "; ".join(tried)
-        + "). Install and start a keyring (e.g. gnome-keyring), or set "
-        "MODEL_FORGE_CONFIG_DIR to a writable directory, or export "
-        "MODELFORGE_<PROVIDER>_API_KEY"
+        + "; ".join(f"{s.name}: {reason}" for s, reason in tried)
+        + "). To fix it: "
+        + ", or ".join(s.remedy for s in REGISTRY)
     )
-
-
-def _forced(
-    choice: str, directory: Path, passphrase: str | None, env: Mapping[str, str], prompt: bool
-) -> Selection:
-    reason = f"forced by {BACKEND_VARIABLE}={choice}"
-    if choice == "keyring":
-        ok, why = keyring_usable()
-        if not ok:
-            raise CredentialStorageUnavailableError(
-                f"{BACKEND_VARIABLE}=keyring, but {why}: install and start a keyring "
-                "(e.g. gnome-keyring) or choose another backend"
-            )
-        from .system_keyring import KeyringStorage
-
-        return Selection(KeyringStorage(system_keyring(), prompt=prompt), reason)
-    if choice == "encrypted-file":
-        return Selection(EncryptedFileStorage(directory, passphrase=passphrase), reason)
-    return Selection(EnvVarStorage(env), reason)
 
 
 class AutoStorage:
@@ -175,7 +227,7 @@ class AutoStorage:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.backend, "name", type(self.backend).__name__))
+        return self.backend.name
 
     def store(self, provider: str, key: str, value: str) -> None:
         self.backend.store(provider, key, value)
@@ -193,7 +245,4 @@ class AutoStorage:
         return self.backend.list_keys(provider)
 
     def describe(self) -> dict[str, Any]:
-        describe = getattr(self.backend, "describe", None)
-        info: dict[str, Any] = dict(describe()) if callable(describe) else {"backend": self.name}
-        info["reason"] = self.reason
-        return info
+        return {**self.backend.describe(), "reason": self.reason}
