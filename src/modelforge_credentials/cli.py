@@ -274,6 +274,10 @@ class Cli:
                 f"Type it at the prompt of `modelforge-agent set {where}`, pipe it in, or pass "
                 "--allow-empty to store an empty value on purpose"
             )
+        if self.args.team:
+            from .cli_team import set_in_team
+
+            return set_in_team(self, value)
         with self.client() as client:
             self._with_unlock(
                 client, lambda: client.store(self.args.provider, self.args.key, value)
@@ -281,6 +285,10 @@ class Cli:
         return EXIT_OK
 
     def cmd_get(self) -> int:
+        if getattr(self.args, "source", False):  # quick_args never sets it
+            from .cli_team import print_source
+
+            return print_source(self)
         with self.client() as client:
             value = self._with_unlock(
                 client, lambda: client.retrieve(self.args.provider, self.args.key)
@@ -313,14 +321,16 @@ class Cli:
     def cmd_list(self) -> int:
         import json
 
+        from .cli_team import list_with_sources
+
         with self.client() as client:
-            items = self._with_unlock(client, lambda: client.list_keys(self.args.provider))
+            items = self._with_unlock(client, lambda: list_with_sources(client, self.args.provider))
         if self.args.json:
             json.dump([list(i) for i in items], self.stdout)
             self.stdout.write("\n")
         else:
-            for provider, key in items:
-                self.stdout.write(f"{provider}\t{key}\n")
+            for item in items:  # a third column, the source, once a team is configured
+                self.stdout.write("\t".join(item) + "\n")
         return EXIT_OK
 
     def cmd_passwd(self) -> int:

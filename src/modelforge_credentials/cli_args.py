@@ -122,9 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--allow-empty", action="store_true", help="store an empty value on purpose"
             )
+            cmd.add_argument(
+                "--team",
+                default=None,
+                metavar="NAME",
+                help="write to team NAME's server (check-and-set) instead of the local store",
+            )
             # Caught so that a value typed on the command line gets advice,
             # not argparse's "unrecognized arguments: <the secret>".
             cmd.add_argument("argv_value", nargs="*", help=argparse.SUPPRESS)
+        if name == "get":
+            cmd.add_argument(
+                "--source",
+                action="store_true",
+                help="print where the value comes from (local or team:NAME), not the value",
+            )
     listing = add("list", "list stored names (never values)")
     listing.add_argument("provider", nargs="?")
     listing.add_argument("--json", action="store_true")
@@ -257,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: which creates its subparsers with ``add(name, help)`` and sets
 #: ``run=function`` on each (``function(cli) -> exit status``). They must be
 #: light to import: the parser imports them for --help.
-EXTENSIONS: tuple[str, ...] = ("cli_refs",)
+EXTENSIONS: tuple[str, ...] = ("cli_refs", "cli_team")
 
 
 def quick_args(argv: Sequence[str]) -> argparse.Namespace | None:

@@ -114,6 +114,7 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
     report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
 
     report["socket"] = _socket_report(report, socket_path, timeout)
+    report["teams"] = _team_report(report, config_dir, socket_path, timeout)
     report["model_forge_configs"] = _config_report(report)
     return report
 
@@ -192,6 +193,35 @@ def _socket_report(report: dict[str, Any], socket_path: Path, timeout: float) ->
     return info
 
 
+def _team_report(
+    report: dict[str, Any], config_dir: Path, socket_path: Path, timeout: float
+) -> list[dict[str, Any]]:
+    """Each team: reachability, seal, TLS (probed here), token TTL and last refresh
+    (from the agent, which holds the token)."""
+    from .team.config import teams_path
+
+    if not teams_path(config_dir).exists():
+        return []
+    from .team.health import team_report
+
+    agent_teams = None
+    if report["socket"].get("agent"):
+        from .cli_team import call
+        from .client.sync import AgentClient
+        from .protocol import TeamOp
+
+        try:
+            with AgentClient(socket_path, timeout=timeout) as client:
+                teams = call(client, TeamOp.TEAM_STATUS)["teams"]
+            agent_teams = teams if isinstance(teams, list) else None
+        except CredentialStorageError as err:
+            _problem(report, f"the agent did not report its teams: {err}", "see the message")
+    entries, problems = team_report(config_dir, agent_teams, timeout)
+    for what, fix in problems:
+        _problem(report, what, fix)
+    return entries
+
+
 def _bus_answers(address: str) -> bool:
     """Whether something accepts connections at a D-Bus address (unix only)."""
     import socket
@@ -250,6 +280,8 @@ def render(report: dict[str, Any]) -> str:
         )
     else:
         lines.append("agent:             not running")
+    for team in report.get("teams", []):
+        lines.append(_team_line(team))
     if report["problems"]:
         lines.append("")
         lines.append("problems:")
@@ -259,3 +291,16 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append("no problems found")
     return "\n".join(lines) + "\n"
+
+
+def _team_line(team: dict[str, Any]) -> str:
+    agent = team.get("agent") or {}
+    state = "sealed" if team.get("sealed") else "up" if team.get("reachable") else "unreachable"
+    ttl = agent.get("token_ttl")
+    age = agent.get("last_refresh_age")
+    return (
+        f"team {team['name']:12} {team.get('url')} {state}, TLS {team.get('tls')}, "
+        f"token {'no expiry' if ttl is None else f'{ttl:.0f} s left'}, last refresh "
+        + ("never" if age is None else f"{age:.0f} s ago")
+        + f" ({agent.get('state', 'agent not running')})"
+    )

@@ -26,6 +26,7 @@ complete -c modelforge-agent -n __fish_use_subcommand -a completion -d 'print th
 complete -c modelforge-agent -n __fish_use_subcommand -a install-service -d 'write the systemd user units (or launchd plist) for this user'
 complete -c modelforge-agent -n __fish_use_subcommand -a read -d 'print the value of a secret reference mf://PROVIDER/KEY'
 complete -c modelforge-agent -n __fish_use_subcommand -a inject -d 'render a template\'s {{ mf://PROVIDER/KEY }} placeholders with their values'
+complete -c modelforge-agent -n __fish_use_subcommand -a team -d 'team secrets from OpenBao / Vault (KV v2), cached by the agent'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from serve' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from serve' -l idle-timeout -x -d 'lock after this many idle seconds (0: never; default 900)'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from serve' -l max-unlock -x -d 'lock this many seconds after an unlock'
@@ -52,7 +53,9 @@ complete -c modelforge-agent -n '__fish_seen_subcommand_from unlock' -s h -l hel
 complete -c modelforge-agent -n '__fish_seen_subcommand_from lock' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from set' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from set' -l allow-empty -d 'store an empty value on purpose'
+complete -c modelforge-agent -n '__fish_seen_subcommand_from set' -l team -x -d 'write to team NAME\'s server (check-and-set) instead of the local store'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from get' -s h -l help -d 'show this help message and exit'
+complete -c modelforge-agent -n '__fish_seen_subcommand_from get' -l source -d 'print where the value comes from (local or team:NAME), not the value'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from delete' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from exists' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from list' -s h -l help -d 'show this help message and exit'
@@ -98,4 +101,5 @@ complete -c modelforge-agent -n '__fish_seen_subcommand_from read' -s n -l no-ne
 complete -c modelforge-agent -n '__fish_seen_subcommand_from inject' -s h -l help -d 'show this help message and exit'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from inject' -s i -l in-file -rF -d 'the template'
 complete -c modelforge-agent -n '__fish_seen_subcommand_from inject' -s o -l out-file -rF -d 'write OUT (mode 0600, replaced atomically) instead of standard output'
-# commands: serve start stop status unlock lock set get delete exists list passwd exec migrate integrate restore-backup doctor log completion install-service read inject
+complete -c modelforge-agent -n '__fish_seen_subcommand_from team' -s h -l help -d 'show this help message and exit'
+# commands: serve start stop status unlock lock set get delete exists list passwd exec migrate integrate restore-backup doctor log completion install-service read inject team

@@ -127,6 +127,8 @@ async def serve(options: ServeOptions) -> int:
     try:
         options.resolve()
         backend, reason = select_agent_backend(options.config_dir)
+        from ..backends.encrypted_file import default_config_dir
+
         config = AgentConfig(
             idle_timeout=options.idle_timeout,
             max_unlock=options.max_unlock,
@@ -135,6 +137,7 @@ async def serve(options: ServeOptions) -> int:
             started_by=_started_by(options.started_by, activated),
             reason=reason,
             socket=str(path),
+            team_dir=str(options.config_dir or default_config_dir()),
         )
         agent = Agent(backend, config)
         await agent.start()
@@ -176,6 +179,11 @@ async def serve(options: ServeOptions) -> int:
         if server.audit is not None:
             server.audit.reopen()
         server.wake_timers()
+        if agent.teams is not None and not agent.locked:
+            # Team settings re-read and every team refreshed now (also after `team add`).
+            task = loop.create_task(agent.teams.refresh_now(None))
+            server.tasks.add(task)
+            task.add_done_callback(server.tasks.discard)
         log.info(
             "reloaded: %s",
             ", ".join(f"{n}={getattr(options, n)}" for n in changed) or "no setting changed",

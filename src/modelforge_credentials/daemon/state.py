@@ -44,10 +44,15 @@ from ..protocol import (
     READ_ONLY,
     Op,
     Request,
+    TeamOp,
     error_reply,
     ok_reply,
 )
 from ..storage import CredentialStorage
+from ..team import agent_ops as team_ops
+from ..team import is_reserved
+from ..team.hub import MISS as TEAM_MISS
+from ..team.hub import TeamHub
 from ..validation import validate_name, validate_pair, validate_value
 
 log = logging.getLogger("modelforge_credentials.agent")
@@ -76,6 +81,7 @@ class AgentConfig:
     reason: str = ""
     socket: str = ""
     audit_log: str | None = None
+    team_dir: str | None = None  # where teams.json and the sealed team caches live
 
 
 MISS = object()  # Cache.lookup: not known, ask the backend
@@ -155,6 +161,7 @@ class Agent:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        wall: Clock = time.time,
     ) -> None:
         self.backend = backend
         self.config = config or AgentConfig()
@@ -179,6 +186,14 @@ class Agent:
         self._file_checked_at = float("-inf")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend")
         self._unlock_lock = asyncio.Lock()
+        # Team secrets (team/hub.py): None without a config directory to find them in.
+        self.teams: TeamHub | None = None
+        if self.config.team_dir:
+            from pathlib import Path
+
+            self.teams = TeamHub(
+                Path(self.config.team_dir), backend, self._run, clock=clock, wall=wall, sleep=sleep
+            )
 
     @property
     def backend_name(self) -> str:
@@ -186,13 +201,25 @@ class Agent:
 
     async def start(self) -> None:
         """Learn whether the store needs a passphrase; load the cache if not."""
-        if self.file is None:
+        if self.file is not None:
+            self.locked, self.protection = await self._run(_lock_state, self.file)
+            if not self.locked and await self._reload(self.epoch):
+                self.unlocked_at = self.clock()
+        await self._load_teams()
+
+    async def _load_teams(self) -> None:
+        """Team tokens and sealed caches, once the local store can be read."""
+        if self.teams is None or not self.teams.configured or self.locked:
             return
-        self.locked, self.protection = await self._run(_lock_state, self.file)
-        if not self.locked and await self._reload(self.epoch):
-            self.unlocked_at = self.clock()
+        try:
+            if await self.teams.load():
+                await self.teams.forget_orphans()
+        except CredentialStorageError as err:
+            log.warning("team secrets not loaded: %s", err)
 
     def close(self) -> None:
+        if self.teams is not None:
+            self.teams.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- timers ---------------------------------------------------------------
@@ -222,6 +249,8 @@ class Agent:
     def _lock(self) -> None:
         self.epoch += 1
         self.cache.clear()
+        if self.teams is not None:
+            self.teams.drop()
         self.unlocked_at = None
         if self.file is not None:
             self.file.lock()
@@ -248,6 +277,11 @@ class Agent:
         if self.locked or not self._cache_fresh(now):
             return MISS
         found = self.cache.lookup((provider, key), now)
+        if found is None and self.teams is not None and self.teams.configured:
+            # Local first, then the teams in order: an absent local name asks them.
+            found = self.teams.lookup((provider, key))
+            if found is TEAM_MISS:
+                return MISS
         if found is None and not (_plain_name(provider) and _plain_name(key)):
             return MISS  # an absence is only final for a valid name
         if found is not MISS:
@@ -275,6 +309,9 @@ class Agent:
             )
         if op is Op.STATUS:
             return ok_reply(req.id, **self.status())
+        if op is TeamOp.TEAM_STATUS:
+            # Allowed while locked, as status: names and times only, never a secret.
+            return ok_reply(req.id, teams=self.teams.status() if self.teams else [])
         if op is Op.LOCK:
             self._lock()
             return ok_reply(req.id)
@@ -296,7 +333,10 @@ class Agent:
                 "MODEL_FORGE_BACKEND=encrypted-file or keyring and restart the agent",
             )
         if op is Op.LIST and self.cache.complete and self._cache_fresh(now):
-            return ok_reply(req.id, items=[list(p) for p in self.cache.names(req.provider)])
+            if self.teams is None or self.teams.loaded or not self.teams.configured:
+                return team_ops.list_reply(
+                    self.teams, req.id, self.cache.names(req.provider), req.provider
+                )
         return None
 
     async def slow(self, req: Request) -> Reply:
@@ -310,6 +350,8 @@ class Agent:
                 return error_reply(
                     req.id, LOCKED, "the agent is locked: run `modelforge-agent unlock`"
                 )
+            if self.teams is not None and self.teams.configured and not self.teams.loaded:
+                await self._load_teams()
             if self.file is not None and not self.cache.complete:
                 if await self._reload(epoch):
                     quick = self.fast(req)
@@ -317,6 +359,8 @@ class Agent:
                         return quick
                 elif (overtaken := self._overtaken(req, epoch)) is not None:
                     return overtaken
+            if isinstance(op, TeamOp):
+                return await team_ops.handle(self, req)
             provider, key = req.provider or "", req.key or ""
             if op in (Op.STORE, Op.DELETE):
                 # A write merges what other processes wrote to the file and
@@ -346,6 +390,8 @@ class Agent:
                     return overtaken
                 if epoch == self.epoch:
                     self.cache.put((provider, key), value)
+                if value is None and self.teams is not None:
+                    value = self.teams.answer((provider, key))[0]  # raises when too stale
                 if op is Op.RETRIEVE:
                     return ok_reply(req.id, value=value)
                 return ok_reply(req.id, exists=value is not None)
@@ -353,7 +399,7 @@ class Agent:
                 names = await self._run(self.backend.list_keys, req.provider)
                 if (overtaken := self._overtaken(req, epoch)) is not None:
                     return overtaken
-                return ok_reply(req.id, items=[list(p) for p in names])
+                return team_ops.list_reply(self.teams, req.id, names, req.provider)
         except (CredentialLockedError, CredentialBadPassphraseError) as err:
             if self.file is None:
                 return _failure(req.id, err)
@@ -390,9 +436,11 @@ class Agent:
         if req.op is Op.LIST:
             if req.provider is not None:
                 validate_name("provider", req.provider)
+                team_ops.check_not_reserved(req.provider)
             return None
         if req.op in (Op.STORE, Op.RETRIEVE, Op.DELETE, Op.EXISTS):
             pair = validate_pair(req.provider, req.key)
+            team_ops.check_not_reserved(pair[0])
             if req.op is Op.STORE:
                 validate_value(req.value)
             return pair
@@ -437,7 +485,8 @@ class Agent:
     def _keep(self, credentials: Credentials, protection: str, epoch: int) -> bool:
         if epoch != self.epoch:
             return False
-        self.cache.fill(credentials)
+        # Team tokens and cache keys stay in the store: never in the client cache.
+        self.cache.fill({p: keys for p, keys in credentials.items() if not is_reserved(p)})
         self.protection = protection
         return True
 
@@ -470,6 +519,7 @@ class Agent:
             self.locked = False
             self.unlocked_at = self.last_activity = self.clock()
             log.info("unlocked")
+            await self._load_teams()
             return ok_reply(req.id)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -531,6 +581,8 @@ class Agent:
             info["cache_ttl"] = self.cache.ttl
         if self.config.audit_log:
             info["audit_log"] = self.config.audit_log
+        if self.teams is not None and self.teams.configured:
+            info["teams"] = {t.name: t.state for t in self.teams.teams.values()}
         return info
 
 

@@ -27,7 +27,7 @@ from .errors import (
     RequestError,
 )
 from .framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder, encode_frame
-from .ops import OPS_ALLOWED_WHILE_LOCKED, PROTOCOL_VERSION, Op
+from .ops import OPS_ALLOWED_WHILE_LOCKED, PROTOCOL_VERSION, AnyOp, Op, TeamOp
 from .reply import Reply, error_reply, expect_fields, ok_reply, parse_reply
 from .request import Request, encode_request, parse_request, peek_retrieve, request_message
 
@@ -51,6 +51,7 @@ __all__ = [
     "FrameDecoder",
     "FrameError",
     "FrameTooLarge",
+    "AnyOp",
     "Op",
     "ProtocolError",
     "RemoteError",
@@ -58,6 +59,7 @@ __all__ = [
     "ReplyError",
     "Request",
     "RequestError",
+    "TeamOp",
     "encode_frame",
     "encode_request",
     "error_reply",

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from .errors import ERROR_CODES, RemoteError, ReplyError
-from .ops import Op
+from .ops import AnyOp, Op, TeamOp
 
 _UINT64_LIMIT = 1 << 64
 _MISSING = object()
@@ -166,10 +166,13 @@ _BOOL = _Kind("a bool", _is_bool)
 _UINT = _Kind("an unsigned int", _is_uint)
 _SECONDS = _Kind("a non-negative number of seconds", _is_seconds)
 _PAIRS = _Kind("a list of [provider, key] string pairs", _is_pair_list)
+_TEAMS = _Kind(
+    "a list of maps", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v)
+)
 
 # The one table of per-operation result fields.  Replies may carry more
 # fields than listed (a newer agent adds them); those are passed through.
-_RESULT_FIELDS: Mapping[Op, tuple[tuple[str, _Kind], ...]] = {
+_RESULT_FIELDS: Mapping[AnyOp, tuple[tuple[str, _Kind], ...]] = {
     Op.HELLO: (("protocol", _UINT), ("agent", _STR), ("backend", _STR), ("locked", _BOOL)),
     Op.STORE: (),
     Op.RETRIEVE: (("value", _or_nil(_STR)),),
@@ -187,10 +190,15 @@ _RESULT_FIELDS: Mapping[Op, tuple[tuple[str, _Kind], ...]] = {
     ),
     Op.LOCK: (),
     Op.UNLOCK: (),
+    TeamOp.LOCATE: (("source", _or_nil(_STR)),),
+    TeamOp.TEAM_STORE: (("version", _UINT), ("path", _STR)),
+    TeamOp.TEAM_LOGIN: (),
+    TeamOp.TEAM_STATUS: (("teams", _TEAMS),),
+    TeamOp.TEAM_REFRESH: (("teams", _TEAMS),),
 }
 
 
-def expect_fields(reply: Reply, op: Op) -> dict[str, object]:
+def expect_fields(reply: Reply, op: AnyOp) -> dict[str, object]:
     """Return the result fields of a success reply to ``op`` after checking
     their types against the operation's result table.
 

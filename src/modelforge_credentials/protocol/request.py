@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, ProtocolError, RequestError
 from .framing import HEADER_SIZE, MAX_FRAME_SIZE, decode_body, encode_str_keyed_dict
-from .ops import PROTOCOL_VERSION, Op
+from .ops import PROTOCOL_VERSION, AnyOp, Op, TeamOp
 
 # The thin client imports this module: typing and dataclasses stay out of
 # its start-up (they cost more than the whole rest of the client).
@@ -16,13 +16,13 @@ if TYPE_CHECKING:
 
 _UINT64_LIMIT = 1 << 64
 _MISSING = object()
-_OPS_BY_NAME: dict[str, Op] = {op.value: op for op in Op}
+_OPS_BY_NAME: dict[str, AnyOp] = {op.value: op for op in (*Op, *TeamOp)}
 _RESERVED_REQUEST_KEYS = frozenset({"v", "id", "op"})
 _FIXMAP_5 = 0x85
 
 # The one table of per-operation request fields: (name, optional).  Every
 # field listed is a str; an optional one may also be absent or nil.
-_REQUEST_FIELDS: dict[Op, tuple[tuple[str, bool], ...]] = {
+_REQUEST_FIELDS: dict[AnyOp, tuple[tuple[str, bool], ...]] = {
     Op.HELLO: (),
     Op.STORE: (("provider", False), ("key", False), ("value", False)),
     Op.RETRIEVE: (("provider", False), ("key", False)),
@@ -32,6 +32,16 @@ _REQUEST_FIELDS: dict[Op, tuple[tuple[str, bool], ...]] = {
     Op.STATUS: (),
     Op.LOCK: (),
     Op.UNLOCK: (("passphrase", False),),
+    TeamOp.LOCATE: (("provider", False), ("key", False)),
+    TeamOp.TEAM_STORE: (("team", False), ("provider", False), ("key", False), ("value", False)),
+    TeamOp.TEAM_LOGIN: (
+        ("team", False),
+        ("method", False),
+        ("secret", False),
+        ("login_name", True),
+    ),
+    TeamOp.TEAM_STATUS: (),
+    TeamOp.TEAM_REFRESH: (("team", True),),
 }
 
 
@@ -48,23 +58,42 @@ def _is_uint64(value: object) -> TypeGuard[int]:
 class Request:
     """A validated request (immutable).  Fields an operation does not take are None."""
 
-    __slots__ = ("id", "op", "provider", "key", "value", "passphrase")
+    __slots__ = (
+        "id",
+        "op",
+        "provider",
+        "key",
+        "value",
+        "passphrase",
+        "team",
+        "method",
+        "secret",
+        "login_name",
+    )
 
     id: int
-    op: Op
+    op: AnyOp
     provider: str | None
     key: str | None
     value: str | None
     passphrase: str | None
+    team: str | None
+    method: str | None
+    secret: str | None
+    login_name: str | None
 
     def __init__(
         self,
         id: int,
-        op: Op,
+        op: AnyOp,
         provider: str | None = None,
         key: str | None = None,
         value: str | None = None,
         passphrase: str | None = None,
+        team: str | None = None,
+        method: str | None = None,
+        secret: str | None = None,
+        login_name: str | None = None,
     ) -> None:
         init = object.__setattr__
         init(self, "id", id)
@@ -73,12 +102,27 @@ class Request:
         init(self, "key", key)
         init(self, "value", value)
         init(self, "passphrase", passphrase)
+        init(self, "team", team)
+        init(self, "method", method)
+        init(self, "secret", secret)
+        init(self, "login_name", login_name)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Request is immutable; cannot set {name!r}")
 
     def _astuple(self) -> tuple[object, ...]:
-        return (self.id, self.op, self.provider, self.key, self.value, self.passphrase)
+        return (
+            self.id,
+            self.op,
+            self.provider,
+            self.key,
+            self.value,
+            self.passphrase,
+            self.team,
+            self.method,
+            self.secret,
+            self.login_name,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Request):
@@ -98,6 +142,14 @@ class Request:
             parts.append("value=<redacted>")
         if self.passphrase is not None:
             parts.append("passphrase=<redacted>")
+        if self.team is not None:
+            parts.append(f"team={self.team!r}")
+        if self.method is not None:
+            parts.append(f"method={self.method!r}")
+        if self.secret is not None:
+            parts.append("secret=<redacted>")
+        if self.login_name is not None:
+            parts.append(f"login_name={self.login_name!r}")
         return f"Request({', '.join(parts)})"
 
     def to_message(self) -> dict[str, object]:
@@ -127,6 +179,10 @@ def parse_request(message: Mapping[str, object]) -> Request:
         values.get("key"),
         values.get("value"),
         values.get("passphrase"),
+        values.get("team"),
+        values.get("method"),
+        values.get("secret"),
+        values.get("login_name"),
     )
 
 
@@ -159,7 +215,7 @@ def peek_retrieve(data: bytes) -> tuple[int, str, str] | None:
     return request_id, values["provider"], values["key"]
 
 
-def _checked_header(message: Mapping[str, object]) -> tuple[int, Op]:
+def _checked_header(message: Mapping[str, object]) -> tuple[int, AnyOp]:
     """``v``, ``id`` and ``op``, checked in the order docs/PROTOCOL.md 5.1 gives."""
     raw_id = message.get("id", _MISSING)
     request_id = raw_id if _is_uint64(raw_id) else None
@@ -211,7 +267,7 @@ def _checked_header(message: Mapping[str, object]) -> tuple[int, Op]:
     return request_id, op
 
 
-def _checked_fields(message: Mapping[str, object], request_id: int, op: Op) -> dict[str, str]:
+def _checked_fields(message: Mapping[str, object], request_id: int, op: AnyOp) -> dict[str, str]:
     """The operation's fields (section 4 of docs/PROTOCOL.md), each checked to be a str."""
     values: dict[str, str] = {}
     for name, optional in _REQUEST_FIELDS[op]:
@@ -237,7 +293,7 @@ def _checked_fields(message: Mapping[str, object], request_id: int, op: Op) -> d
     return values
 
 
-def request_message(request_id: int, op: Op | str, **fields: object) -> dict[str, object]:
+def request_message(request_id: int, op: AnyOp | str, **fields: object) -> dict[str, object]:
     """Build a request map: ``{"v": 1, "id": request_id, "op": op, **fields}``.
 
     No field validation happens here (the agent does it); ``fields`` must not
@@ -248,7 +304,7 @@ def request_message(request_id: int, op: Op | str, **fields: object) -> dict[str
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": str(op), **fields}
 
 
-def encode_request(request_id: int, op: Op | str, **fields: object) -> bytes:
+def encode_request(request_id: int, op: AnyOp | str, **fields: object) -> bytes:
     """``encode_frame(request_message(request_id, op, **fields))`` in one call."""
     if not _RESERVED_REQUEST_KEYS.isdisjoint(fields):
         raise ValueError("fields must not include 'v', 'id' or 'op'")
