@@ -113,7 +113,11 @@ def test_a_revoked_token_asks_for_team_login(bao: DevServer, ws: AgentWorkspace)
     status = team_status(ws)
     assert status["needs_login"] and status["state"] == "needs_login"
     assert f"team login {TEAM}" in str(status["error"])
-    assert ok(ws, "get", "openai", "api_key") == "sk-team-1\n"  # the cached copy, within max-stale
+    # A refusal is not an outage: the copy stops being served at once, and its
+    # sealed cache is gone too (a member who left keeps nothing).
+    gone = ws.cli("get", "openai", "api_key")
+    assert gone.returncode == 1 and "sk-team-1" not in gone.stdout
+    assert not list(ws.config.glob("team-*.cache"))
     doctor = ws.cli("doctor")
     assert f"team login {TEAM}" in doctor.stdout and doctor.returncode == 4
     assert token not in doctor.stdout + doctor.stderr

@@ -257,14 +257,27 @@ class TeamHub:
                 team.failed("error", f"hvac is not installed: {INSTALL_HINT}", self.wall())
                 return
             except CredentialStorageError as err:
-                team.failed(getattr(err, "state", "error"), str(err), self.wall())
+                state = getattr(err, "state", "error")
+                team.failed(state, str(err), self.wall())
                 log.warning("%s", err)
+                if state == "needs_login" and generation == self.generation:
+                    await self._withdraw(team)
                 return
             if generation != self.generation:
                 return
             team.succeeded(result, self.wall(), self.clock())
             self._rebuild()
             await self._persist(team)
+
+    async def _withdraw(self, team: TeamRuntime) -> None:
+        """The server refused the token (403: revoked, expired, a member who
+        left): unlike an outage, that is a "no", so the copy stops being
+        served at once, from memory and from the sealed cache."""
+        team.secrets = {}
+        team.last_success = None
+        self._rebuild()
+        path = sealed.cache_path(self.config_dir, team.name)
+        await self._net(path.unlink, True)
 
     async def _persist(self, team: TeamRuntime) -> None:
         if team.cache_key is None:
