@@ -23,7 +23,6 @@ from ..errors import (
 )
 from ..paths import socket_path
 from ..protocol import (
-    PROTOCOL_VERSION,
     FrameDecoder,
     Op,
     ProtocolError,
@@ -32,6 +31,8 @@ from ..protocol import (
     expect_fields,
     parse_reply,
 )
+from . import operations
+from .operations import Operation
 from .peer import check_listener, check_socket_directory
 from .sync import AgentNotRunningError, not_running_message
 
@@ -207,41 +208,38 @@ class AsyncAgentClient:
             if not future.done():
                 future.set_exception(error)
 
-    # -- operations -----------------------------------------------------------
+    # -- operations (their requests and results: .operations) -------------------
+
+    async def run(self, operation: Operation) -> Any:
+        return operation.decode(await self.call(operation.op, **operation.fields))
 
     async def hello(self) -> dict[str, object]:
-        result = await self.call(Op.HELLO)
-        if result.get("protocol") != PROTOCOL_VERSION:
-            raise AgentProtocolError(
-                f"the agent speaks protocol {result.get('protocol')}, this client "
-                f"{PROTOCOL_VERSION}; restart the agent (`modelforge-agent stop`)"
-            )
+        result: dict[str, object] = await self.run(operations.hello())
         return result
 
     async def store(self, provider: str, key: str, value: str) -> None:
-        await self.call(Op.STORE, provider=provider, key=key, value=value)
+        await self.run(operations.store(provider, key, value))
 
     async def retrieve(self, provider: str, key: str) -> str | None:
-        value = (await self.call(Op.RETRIEVE, provider=provider, key=key))["value"]
-        return value if isinstance(value, str) else None
+        value: str | None = await self.run(operations.retrieve(provider, key))
+        return value
 
     async def delete(self, provider: str, key: str) -> bool:
-        return bool((await self.call(Op.DELETE, provider=provider, key=key))["deleted"])
+        return bool(await self.run(operations.delete(provider, key)))
 
     async def exists(self, provider: str, key: str) -> bool:
-        return bool((await self.call(Op.EXISTS, provider=provider, key=key))["exists"])
+        return bool(await self.run(operations.exists(provider, key)))
 
     async def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        fields = {"provider": provider} if provider is not None else {}
-        items = (await self.call(Op.LIST, **fields))["items"]
-        assert isinstance(items, list)
-        return [(str(p), str(k)) for p, k in items]
+        names: list[tuple[str, str]] = await self.run(operations.list_keys(provider))
+        return names
 
     async def status(self) -> dict[str, object]:
-        return await self.call(Op.STATUS)
+        result: dict[str, object] = await self.run(operations.status())
+        return result
 
     async def lock(self) -> None:
-        await self.call(Op.LOCK)
+        await self.run(operations.lock())
 
     async def unlock(self, passphrase: str) -> None:
-        await self.call(Op.UNLOCK, passphrase=passphrase)
+        await self.run(operations.unlock(passphrase))

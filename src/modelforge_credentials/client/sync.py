@@ -13,7 +13,6 @@ from ..errors import (
 )
 from ..paths import socket_path
 from ..protocol import (
-    PROTOCOL_VERSION,
     FrameDecoder,
     Op,
     ProtocolError,
@@ -22,6 +21,7 @@ from ..protocol import (
     expect_fields,
     parse_reply,
 )
+from . import operations
 from .peer import check_listener, check_socket_directory
 
 # No typing, no pathlib: this module's import time is part of every
@@ -30,6 +30,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from os import PathLike
     from typing import Any
+
+    from .operations import Operation
 
 DEFAULT_TIMEOUT = 10.0
 _RECV_SIZE = 65_536
@@ -185,41 +187,38 @@ class AgentClient:
                 )
             self._decoder.feed(chunk)
 
-    # -- operations -----------------------------------------------------------
+    # -- operations (their requests and results: .operations) -------------------
+
+    def run(self, operation: Operation) -> Any:
+        return operation.decode(self.call(operation.op, **operation.fields))
 
     def hello(self) -> dict[str, object]:
-        result = self.call(Op.HELLO)
-        if result.get("protocol") != PROTOCOL_VERSION:
-            raise AgentProtocolError(
-                f"the agent speaks protocol {result.get('protocol')}, this client "
-                f"{PROTOCOL_VERSION}; restart the agent (`modelforge-agent stop`)"
-            )
+        result: dict[str, object] = self.run(operations.hello())
         return result
 
     def store(self, provider: str, key: str, value: str) -> None:
-        self.call(Op.STORE, provider=provider, key=key, value=value)
+        self.run(operations.store(provider, key, value))
 
     def retrieve(self, provider: str, key: str) -> str | None:
-        value = self.call(Op.RETRIEVE, provider=provider, key=key)["value"]
-        return value if isinstance(value, str) else None
+        value: str | None = self.run(operations.retrieve(provider, key))
+        return value
 
     def delete(self, provider: str, key: str) -> bool:
-        return bool(self.call(Op.DELETE, provider=provider, key=key)["deleted"])
+        return bool(self.run(operations.delete(provider, key)))
 
     def exists(self, provider: str, key: str) -> bool:
-        return bool(self.call(Op.EXISTS, provider=provider, key=key)["exists"])
+        return bool(self.run(operations.exists(provider, key)))
 
     def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        fields = {"provider": provider} if provider is not None else {}
-        items = self.call(Op.LIST, **fields)["items"]
-        assert isinstance(items, list)
-        return [(str(p), str(k)) for p, k in items]
+        names: list[tuple[str, str]] = self.run(operations.list_keys(provider))
+        return names
 
     def status(self) -> dict[str, object]:
-        return self.call(Op.STATUS)
+        result: dict[str, object] = self.run(operations.status())
+        return result
 
     def lock(self) -> None:
-        self.call(Op.LOCK)
+        self.run(operations.lock())
 
     def unlock(self, passphrase: str) -> None:
-        self.call(Op.UNLOCK, passphrase=passphrase)
+        self.run(operations.unlock(passphrase))

@@ -1,0 +1,102 @@
+"""Every client operation, written once: the request it sends, what it returns.
+
+An :class:`Operation` is the op, its fields, and how the checked result
+fields become the caller's value. The blocking client (:mod:`.sync`) and the
+asyncio client (:mod:`.aio`) are adapters that only move it over their own
+I/O: ``client.run(operations.retrieve("openai", "api_key"))``. No I/O here,
+and nothing heavy to import (the thin client loads this on every ``get``).
+"""
+
+from __future__ import annotations
+
+from ..errors import AgentProtocolError
+from ..protocol import PROTOCOL_VERSION, Op
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Result = dict[str, object]
+
+
+class Operation:
+    """One request and the decoding of its reply's fields."""
+
+    __slots__ = ("op", "fields", "decode")
+
+    def __init__(self, op: Op, decode: Callable[[Result], Any], **fields: object) -> None:
+        self.op = op
+        self.fields = fields
+        self.decode = decode
+
+    def __repr__(self) -> str:
+        # Field names only: a store's value and an unlock's passphrase never show.
+        return f"Operation({self.op.value}, {sorted(self.fields)})"
+
+
+def _checked_hello(result: Result) -> Result:
+    if result.get("protocol") != PROTOCOL_VERSION:
+        raise AgentProtocolError(
+            f"the agent speaks protocol {result.get('protocol')}, this client "
+            f"{PROTOCOL_VERSION}; restart the agent (`modelforge-agent stop`)"
+        )
+    return result
+
+
+def _nothing(result: Result) -> None:
+    return None
+
+
+def _value(result: Result) -> str | None:
+    value = result["value"]
+    return value if isinstance(value, str) else None
+
+
+def _names(result: Result) -> list[tuple[str, str]]:
+    items = result["items"]
+    if not isinstance(items, list):
+        raise AgentProtocolError("the agent's list reply holds no list; restart the agent")
+    return [(str(item[0]), str(item[1])) for item in items]
+
+
+def _same(result: Result) -> Result:
+    return result
+
+
+def hello() -> Operation:
+    return Operation(Op.HELLO, _checked_hello)
+
+
+def store(provider: str, key: str, value: str) -> Operation:
+    return Operation(Op.STORE, _nothing, provider=provider, key=key, value=value)
+
+
+def retrieve(provider: str, key: str) -> Operation:
+    return Operation(Op.RETRIEVE, _value, provider=provider, key=key)
+
+
+def delete(provider: str, key: str) -> Operation:
+    return Operation(Op.DELETE, lambda r: bool(r["deleted"]), provider=provider, key=key)
+
+
+def exists(provider: str, key: str) -> Operation:
+    return Operation(Op.EXISTS, lambda r: bool(r["exists"]), provider=provider, key=key)
+
+
+def list_keys(provider: str | None = None) -> Operation:
+    if provider is None:
+        return Operation(Op.LIST, _names)
+    return Operation(Op.LIST, _names, provider=provider)
+
+
+def status() -> Operation:
+    return Operation(Op.STATUS, _same)
+
+
+def lock() -> Operation:
+    return Operation(Op.LOCK, _nothing)
+
+
+def unlock(passphrase: str) -> Operation:
+    return Operation(Op.UNLOCK, _nothing, passphrase=passphrase)
