@@ -14,8 +14,8 @@ part of every ``modelforge-agent get``.
 
 from __future__ import annotations
 
+import _socket  # not socket: see sync.py
 import os
-import socket
 import stat
 import struct
 import sys
@@ -87,11 +87,11 @@ def check_socket_directory(path: str) -> None:
         )
 
 
-def listener_credentials(sock: socket.socket) -> tuple[int, int | None]:
+def listener_credentials(sock: _socket.socket) -> tuple[int, int | None]:
     """(uid, pid or None) of the process that made the peer listen, from the kernel."""
     if sys.platform.startswith("linux"):
         pid, uid, _ = _UCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size)
         )
         return uid, pid
     if sys.platform == "darwin" or "bsd" in sys.platform:
@@ -106,7 +106,7 @@ def listener_credentials(sock: socket.socket) -> tuple[int, int | None]:
     raise OSError(f"no way to ask the kernel for a socket peer's uid on {sys.platform}")
 
 
-def check_listener(sock: socket.socket, path: str) -> None:
+def check_listener(sock: _socket.socket, path: str) -> None:
     """Refuse a connected socket whose listener is neither this user nor root."""
     euid = os.geteuid()
     try:
@@ -239,11 +239,13 @@ def _listener_pid(path: str) -> int | None:
 
     Connecting sends nothing; the agent sees a connection close unused.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         sock.settimeout(5.0)
-        try:
-            sock.connect(path)
-            uid, pid = listener_credentials(sock)
-        except OSError:
-            return None
+        sock.connect(path)
+        uid, pid = listener_credentials(sock)
+    except OSError:
+        return None
+    finally:
+        sock.close()
     return pid if uid == os.geteuid() else None
