@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from typing import Any, TextIO
 
     from .client.sync import AgentClient
-    from .migrate import CredentialMigrator
-    from .storage import CredentialStorage
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -334,86 +332,14 @@ class Cli:
         return EXIT_OK
 
     def cmd_passwd(self) -> int:
-        from .backends.encrypted_file import EncryptedFileStorage
+        from .cli_file import passwd
 
-        config_dir, agent_running = self._file_dir()
-        client = self.client()
-        storage = EncryptedFileStorage(config_dir)
-        current = None
-        if storage.protection == "passphrase" and storage.path.exists():
-            current = self.read_secret(
-                "Current passphrase: ", description=f"The current passphrase of {storage.path}"
-            )
-        new = self.read_secret(
-            "New passphrase: ", description=f"A new passphrase for {storage.path}", confirm=True
-        )
-        if not new:
-            raise CredentialValidationError("the new passphrase is empty; nothing was changed")
-        storage.set_passphrase(new, current=current)
-        if agent_running:
-            client.lock()
-            client.unlock(new)
-            client.close()
-        self.stderr.write(f"passphrase set for {storage.path}\n")
-        return EXIT_OK
+        return passwd(self)
 
     def cmd_restore_backup(self) -> int:
-        import time as clock
+        from .cli_file import restore_backup
 
-        from .backends.encrypted_file import EncryptedFileStorage
-
-        storage = EncryptedFileStorage(self._file_dir()[0])
-        passphrase: str | None = None
-        try:
-            info = storage.inspect_backup()
-        except CredentialLockedError:
-            passphrase = self.read_secret(
-                "Passphrase of the backup: ",
-                description=f"The passphrase of the backup of {storage.path}",
-            )
-            info = storage.inspect_backup(passphrase)
-        age = _duration(clock.time() - info.modified)
-        names = ", ".join(f"{p}/{k}" for p, k in info.names) or "nothing"
-        self.stdout.write(
-            f"backup {info.path}: written {age} ago, {info.protection} protection, "
-            f"{len(info.names)} credentials: {names}\n"
-        )
-        if self.args.dry_run:
-            return EXIT_OK
-        if not self.args.yes:
-            if not self._interactive():
-                raise CredentialValidationError(
-                    "restore-backup replaces the current file; pass --yes to do it without a "
-                    "question (or --dry-run to look only)"
-                )
-            self.stderr.write(f"Replace {storage.path} with this backup? [y/N] ")
-            self.stderr.flush()
-            if self.stdin.readline().strip().lower() not in ("y", "yes"):
-                self.stderr.write("nothing was changed\n")
-                return EXIT_OK
-        kept = storage.restore_backup(passphrase)
-        where = f"; the file it replaced is kept as {kept}" if kept else ""
-        self.stdout.write(f"restored {storage.path} from {info.path}{where}\n")
-        return EXIT_OK
-
-    def _file_dir(self) -> tuple[Path | None, bool]:
-        """The encrypted file's directory (the running agent's, else
-        --config-dir, else the default), and whether an agent runs."""
-        from pathlib import Path
-
-        from .client.sync import AgentNotRunningError
-
-        try:
-            with self.client() as client:
-                status = client.status()
-        except AgentNotRunningError:
-            return (Path(self.args.config_dir) if self.args.config_dir else None), False
-        if status.get("backend") != "encrypted-file" or not status.get("path"):
-            raise CredentialValidationError(
-                f"the agent uses the {status.get('backend')} backend; this command applies to "
-                "the encrypted file (MODEL_FORGE_BACKEND=encrypted-file)"
-            )
-        return Path(str(status["path"])).parent, True
+        return restore_backup(self)
 
     def cmd_completion(self) -> int:
         from .shell_files import RENDER
@@ -500,142 +426,15 @@ class Cli:
         secret_env.exec_replace(argv, env)
         return EXIT_UNAVAILABLE  # pragma: no cover - exec does not return
 
-    def _migration_storage(self) -> CredentialStorage:
-        from .manager import default_storage
-
-        return default_storage()
-
     def cmd_migrate(self) -> int:
-        import shlex
-        from pathlib import Path
+        from .cli_model_forge import migrate
 
-        from .migrate import CredentialMigrator, check_migrations, model_forge_configs
-
-        configs = [Path(p) for p in self.args.config] or model_forge_configs()
-        if self.args.from_keyring:
-            return self._migrate_from_keyring(configs)
-        if not configs:
-            self.stderr.write(
-                "no model-forge config found (~/.config/model-forge/config.json or "
-                "./.model-forge/config.json); pass --config PATH\n"
-            )
-            return EXIT_NOT_FOUND
-        storage = self._migration_storage()
-        migrators = [CredentialMigrator(config, storage) for config in configs]
-        moving = not (self.args.rollback or self.args.confirm)
-        if moving and not self.args.dry_run:
-            check_migrations(migrators, overwrite=self.args.overwrite)
-        for config, migrator in zip(configs, migrators, strict=True):
-            quoted = shlex.quote(str(config))
-            if self.args.rollback:
-                counts = migrator.rollback()
-                self.stdout.write(f"{config}: put back {_counts(counts)}\n")
-                continue
-            if self.args.confirm:
-                removed = migrator.confirm()
-                done = "removed the plain-text backup" if removed else "no backup to remove"
-                self.stdout.write(f"{config}: {done}\n")
-                continue
-            plan = migrator.plan()
-            self._say_which_wins(config, migrator, plan)
-            counts = migrator.migrate_credentials(
-                dry_run=self.args.dry_run, overwrite=self.args.overwrite
-            )
-            if not counts:
-                self.stdout.write(f"{config}: no secrets to migrate\n")
-                continue
-            verb = "would move" if self.args.dry_run else "moved"
-            for provider, keys in plan.items():
-                self.stdout.write(f"{config}: {verb} {provider}: {', '.join(keys)}\n")
-            if not self.args.dry_run:
-                self.stdout.write(
-                    f"  backup with the old secrets: {migrator.backup_path} (0600)\n"
-                    f"  undo:    modelforge-agent migrate --rollback --config {quoted}\n"
-                    f"  confirm: modelforge-agent migrate --confirm --config {quoted} "
-                    "(deletes the backup)\n"
-                )
-        if moving and self.args.dry_run:
-            # The same checks the real run makes first: its conflicts, exit 2.
-            check_migrations(migrators, overwrite=self.args.overwrite)
-        return EXIT_OK
-
-    def _say_which_wins(
-        self, config: Path, migrator: CredentialMigrator, plan: dict[str, list[str]]
-    ) -> None:
-        at = migrator.migrated_at()
-        if not plan or at is None:
-            return
-        names = ", ".join(f"{p}/{k}" for p, keys in plan.items() for k in keys)
-        self.stderr.write(
-            f"warning: {config} holds secrets again since its migration on {at} "
-            f"({names}): model-forge wrote them there. `modelforge-agent integrate "
-            "model-forge` makes it write to the agent instead\n"
-        )
-        if self.args.overwrite:
-            return
-        for name in migrator.conflicts():
-            self.stdout.write(
-                f"{config}: {name}: the config's value replaces the stored one: the file "
-                f"had no secrets after the migration on {at}, so model-forge wrote this "
-                "value since and it is the newer one\n"
-            )
-
-    def _migrate_from_keyring(self, configs: list[Path]) -> int:
-        import json
-
-        from .backends.auto import system_keyring
-        from .migrate import LegacyKeyringImporter
-
-        providers = list(self.args.provider)
-        for config in configs:
-            try:
-                data = json.loads(config.read_text(encoding="utf-8"))
-                providers += [p for p in data.get("providers", {}) if p not in providers]
-            except (OSError, ValueError, AttributeError):
-                continue
-        if not providers:
-            raise CredentialValidationError(
-                "no provider names to look for: pass --provider NAME or --config PATH"
-            )
-        importer = LegacyKeyringImporter(system_keyring(), self._migration_storage())
-        counts = importer.import_credentials(providers, dry_run=self.args.dry_run)
-        verb = "would import" if self.args.dry_run else "imported"
-        self.stdout.write(f"{verb} from the old keyring layout: {_counts(counts) or 'nothing'}\n")
-        return EXIT_OK
+        return migrate(self)
 
     def cmd_integrate(self) -> int:
-        from .integrations import model_forge_env as mf
+        from .cli_model_forge import integrate
 
-        env = mf.probe(mf.find_python(self.args.python))
-        if self.args.remove:
-            removed = mf.remove_hook(env)
-            for path in removed:
-                self.stdout.write(f"removed {path}\n")
-            if not removed:
-                self.stdout.write(f"model-forge was not integrated for {env.python}\n")
-            return EXIT_OK
-        mf.require_model_forge(env)
-        mf.require_ours(env)
-        version = env.version or "?"
-        if self.args.print:
-            self.stdout.write(
-                f"# model-forge-llm {version} at {env.package}\n# would write {env.pth}:\n"
-                f"{mf.PTH_LINE}"
-            )
-            return EXIT_OK
-        written = mf.install_hook(env)
-        state = "integrated" if written else "already integrated"
-        self.stdout.write(
-            f"model-forge-llm {version} ({env.python}): {state}; it now reads and writes its "
-            f"secrets through the agent\n  hook: {env.pth}\n"
-            "  undo: modelforge-agent integrate model-forge --remove\n"
-        )
-        if written:
-            self.stderr.write(
-                "secrets still in model-forge's config files stay readable until you run "
-                "`modelforge-agent migrate`\n"
-            )
-        return EXIT_OK
+        return integrate(self)
 
     def cmd_doctor(self) -> int:
         import json
