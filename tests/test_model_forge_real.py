@@ -34,6 +34,7 @@ from model_forge_venv import (
     site_packages,
     sitecustomize_dir,
 )
+from modelforge_example import copilot_auth, realistic_config
 
 pytestmark = pytest.mark.slow
 
@@ -156,39 +157,13 @@ class Session:
 
 
 def write_config(session: Session, token_url: str) -> None:
-    expired = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    config = {
-        "providers": {
-            "openai": {
-                "llm_type": "openai_compatible",
-                "base_url": "https://api.openai.com/v1",
-                "auth_strategy": "api_key",
-                "models": {"gpt-4o": {"api_model_name": "gpt-4o"}},
-                "auth_data": {"api_key": OLD_KEY},
-            },
-            "github_copilot": {
-                "llm_type": "github_copilot",
-                "base_url": "https://api.githubcopilot.com",
-                "auth_strategy": "device_flow",
-                "auth_details": {
-                    "client_id": "Iv1.test",
-                    "device_code_url": token_url.replace("access_token", "device/code"),
-                    "token_url": token_url,
-                    "scope": "read:user",
-                },
-                "models": {"claude-sonnet": {}},
-                "auth_data": {
-                    "access_token": OLD_ACCESS,
-                    "token_type": "bearer",
-                    "scope": "read:user",
-                    "expires_in": 28800,
-                    "refresh_token": OLD_REFRESH,
-                    "expires_at": expired,
-                },
-            },
-        },
-        "current_model": {"provider": "openai", "model": "gpt-4o"},
-    }
+    """The example config, its token expired and its token endpoint ours."""
+    token = {**copilot_auth(OLD_ACCESS, OLD_REFRESH)}
+    token["expires_at"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    config = realistic_config(OLD_KEY, token)
+    details = config["providers"]["github_copilot"]["auth_details"]
+    details["token_url"] = token_url
+    details["device_code_url"] = token_url.replace("access_token", "device/code")
     session.config.parent.mkdir(parents=True, exist_ok=True)
     session.config.write_text(json.dumps(config, indent=4))
 
