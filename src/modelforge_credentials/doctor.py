@@ -101,7 +101,7 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
     try:
         selection = select_backend()
         report["selected"] = {
-            "backend": getattr(selection.storage, "name", "?"),
+            "backend": selection.storage.name,
             "reason": selection.reason,
         }
     except CredentialStorageError as err:

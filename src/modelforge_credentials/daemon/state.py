@@ -197,7 +197,7 @@ class Agent:
 
     @property
     def backend_name(self) -> str:
-        return str(getattr(self.backend, "name", type(self.backend).__name__))
+        return self.backend.name
 
     async def start(self) -> None:
         """Learn whether the store needs a passphrase; load the cache if not."""
@@ -550,9 +550,8 @@ class Agent:
             ) from None
 
     def _describe(self) -> dict[str, Any]:
-        describe = getattr(self.backend, "describe", None)
         try:
-            return dict(describe()) if callable(describe) else {}
+            return dict(self.backend.describe())
         except CredentialStorageError:
             return {}
 
