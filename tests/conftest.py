@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from keyring.backends import fail
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_harness import AgentWorkspace  # noqa: E402
-from modelforge_credentials import KdfParams  # noqa: E402
+from modelforge_credentials import EncryptedFileStorage, KdfParams  # noqa: E402
 from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession  # noqa: E402
 
 #: Argon2id at its minimum: tests exercise the format, not the KDF's cost.
@@ -74,6 +76,21 @@ def workspace(isolated_environment: Path) -> Iterator[AgentWorkspace]:
 @pytest.fixture
 def fast_kdf() -> KdfParams:
     return FAST_KDF
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    """A short private directory for in-process agents' sockets (AF_UNIX paths
+    are limited to 107 bytes; pytest's tmp_path can be longer)."""
+    directory = tempfile.mkdtemp(prefix="mfs-", dir="/tmp")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def keyfile_store(tmp_path: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
+    """A key-file encrypted store in this test's own directory."""
+    return EncryptedFileStorage(tmp_path / "cfg", kdf=fast_kdf)
 
 
 @pytest.fixture(scope="session")

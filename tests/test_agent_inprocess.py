@@ -13,9 +13,7 @@ import contextlib
 import itertools
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -202,19 +200,6 @@ async def wait_until(predicate: Callable[[], object]) -> None:
 
 
 # -- fixtures ------------------------------------------------------------------
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    directory = tempfile.mkdtemp(prefix="mfa-", dir="/tmp")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def keyfile_store(tmp_path: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
-    return EncryptedFileStorage(tmp_path / "cfg", kdf=fast_kdf)
 
 
 @pytest.fixture

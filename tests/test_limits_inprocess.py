@@ -9,10 +9,7 @@ threading.Event) on the agent's worker thread.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
@@ -46,19 +43,6 @@ from test_agent_inprocess import (
     map_frame,
     serve,
 )
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.
-    directory = tempfile.mkdtemp(prefix="mfl-", dir="/tmp")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def keyfile_store(tmp_path: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
-    return EncryptedFileStorage(tmp_path / "cfg", kdf=fast_kdf)
 
 
 class Gate:
