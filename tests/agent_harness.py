@@ -68,6 +68,23 @@ PROTOCOL_ERROR_CODES = frozenset(
 _REPORT_PATH = os.environ.get(REPORT_VAR) or None
 
 
+def require_nobody_python(module: str = "modelforge_credentials.client") -> None:
+    """Skip unless root can act as uid 65534 and that uid can import ``module``
+    with this venv's python (setpriv from util-linux)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    probe = subprocess.run(
+        [*AS_NOBODY, sys.executable, "-c", f"import msgpack, {module}"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot run this venv's python: {probe.stderr.strip()}")
+
+
 class Figures:
     """Appends ``{"test", "figure", "value", "unit"}`` lines to $MODEL_FORGE_RELIABILITY_REPORT
     (when set) and prints each figure."""

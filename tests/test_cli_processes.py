@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_harness import require_nobody_python
 from testkit import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -285,18 +286,7 @@ def agents(isolated_environment: Path, reaper: AgentReaper) -> Iterator[AgentHar
 @pytest.fixture(scope="module")
 def nobody_runs_python() -> None:
     """Skip unless root can act as uid 65534 and that uid can import the package."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another uid")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    probe = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", "import modelforge_credentials.protocol"],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run this venv's python: {probe.stderr.strip()}")
+    require_nobody_python("modelforge_credentials.protocol")
 
 
 def protect_with_passphrase(agents: AgentHarness, passphrase: str) -> None:

@@ -30,7 +30,15 @@ import keyring
 import keyring.errors
 import pytest
 
-from agent_harness import AS_NOBODY, CONFIG_VAR, NOBODY, SOCK_VAR, TIMEOUT, AgentWorkspace
+from agent_harness import (
+    AS_NOBODY,
+    CONFIG_VAR,
+    NOBODY,
+    SOCK_VAR,
+    TIMEOUT,
+    AgentWorkspace,
+    require_nobody_python,
+)
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.client.aio import AsyncAgentClient
 from modelforge_credentials.client.peer import agent_pid_to_signal
@@ -46,18 +54,7 @@ BAIT = "sk-bait-for-the-impostor"
 @pytest.fixture(scope="module")
 def as_nobody() -> None:
     """Skip unless root can act as uid 65534 and that uid runs this venv (with msgpack)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another uid")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    probe = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", "import msgpack, modelforge_credentials.client"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run this venv's python: {probe.stderr.strip()}")
+    require_nobody_python("modelforge_credentials.client")
 
 
 @pytest.fixture
