@@ -59,6 +59,7 @@ async def server_path(scratch: Path, number: int) -> None:
     from context import KEY, PROVIDER, make_credentials
 
     from modelforge_credentials import EncryptedFileStorage
+    from modelforge_credentials.daemon.dispatch import dispatch
     from modelforge_credentials.daemon.server import AgentConnection, AgentServer
     from modelforge_credentials.daemon.state import Agent, AgentConfig
     from modelforge_credentials.protocol import (
@@ -88,8 +89,8 @@ async def server_path(scratch: Path, number: int) -> None:
     message = decode()
     assert isinstance(message, dict)
     request = parse_request(message)
-    reply = agent.fast(request)
-    assert reply is not None
+    reply = dispatch(agent, request)
+    assert isinstance(reply, dict)
     print("1. server: Python per cached retrieve (data_received, null transport)")
     pair = (PROVIDER, KEY)
     stages: list[tuple[str, Callable[[], object]]] = [
@@ -97,7 +98,7 @@ async def server_path(scratch: Path, number: int) -> None:
         ("floor: FloorConnection.data_received, whole", lambda: floor.data_received(frame)),
         ("agent stage: FrameDecoder feed + next_message", decode),
         ("agent stage: parse_request", lambda: parse_request(message)),
-        ("agent stage: Agent.fast", lambda: agent.fast(request)),
+        ("agent stage: dispatch (a cache hit)", lambda: dispatch(agent, request)),
         ("agent stage: encode_frame(reply)", lambda: encode_frame(reply)),
         ("for scale: os.stat of the store file", lambda: os.stat(backend.path)),
         ("for scale: validate_pair(provider, key)", lambda: validate_pair(*pair)),

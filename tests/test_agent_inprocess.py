@@ -27,6 +27,7 @@ from modelforge_credentials import EncryptedFileStorage, EnvVarStorage, KdfParam
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.client.aio import AsyncAgentClient
 from modelforge_credentials.client.sync import AgentNotRunningError
+from modelforge_credentials.daemon.dispatch import dispatch
 from modelforge_credentials.daemon.server import AgentServer
 from modelforge_credentials.daemon.state import Agent, AgentConfig
 from modelforge_credentials.errors import (
@@ -665,8 +666,8 @@ async def test_passphrase_store_lock_and_unlock(
             with pytest.raises(CredentialLockedError):
                 await client.call(op, **fields)
             # Answered at once: the dispatcher refuses without the backend.
-            reply = served.agent.fast(parse_request(request_message(1, op, **fields)))
-            assert reply is not None and failure(reply) == (1, LOCKED)
+            reply = dispatch(served.agent, parse_request(request_message(1, op, **fields)))
+            assert isinstance(reply, dict) and failure(reply) == (1, LOCKED)
         await client.lock()  # locking a locked agent succeeds
 
         for _ in range(6):
@@ -1224,9 +1225,35 @@ async def test_lone_retrieve_frames_get_the_same_answers_as_the_general_path(
                 assert failure(await conn.reply()) == (request_id, "bad_request")
             conn.send(map_frame({"v": 2, "id": 8, "op": "retrieve", "provider": "o", "key": "k"}))
             assert failure(await conn.reply()) == (8, "unsupported_version")
-            served.agent._lock()
+            served.agent.lock()
             served.agent.locked = True
             locked = await conn.call(9, Op.RETRIEVE, provider="openai", key="api_key")
             assert failure(locked) == (9, "locked")
         finally:
             await conn.close()
+
+
+async def test_dispatch_has_a_case_for_every_operation_of_the_table(
+    sock_dir: str, keyfile_store: EncryptedFileStorage, tmp_path: Path
+) -> None:
+    """The ops table and the one match over it agree: every operation, core
+    and team, reaches a case (UnhandledOperation is never raised), and the
+    answer is a reply of the table's shape, never an exception."""
+    from modelforge_credentials.daemon.dispatch import UnhandledOperation
+    from modelforge_credentials.protocol import TeamOp, parse_reply
+
+    config = AgentConfig(team_dir=str(tmp_path / "teams"))
+    async with serve(keyfile_store, config, sock_dir=sock_dir) as served:
+        for op in (*Op, *TeamOp):
+            fields = {name: "x" for name, optional in op.request if not optional}
+            if op is TeamOp.TEAM_LOGIN:
+                fields["method"] = "token"
+            req = parse_request(request_message(9, op, **fields))
+            try:
+                reply = await served.agent.handle(req)
+            except UnhandledOperation:  # pragma: no cover - the failure this test is for
+                pytest.fail(f"{op} has no case in dispatch")
+            parsed = parse_reply(reply)
+            assert parsed.id == 9, op
+            if not parsed.ok:
+                assert parsed.error_code != "internal", (op, parsed.error_message)

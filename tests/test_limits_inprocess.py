@@ -364,7 +364,7 @@ async def test_a_peer_that_does_not_read_holds_at_most_the_high_water_mark_and_a
             assert conn.transport is not None
             unsent = conn.transport.get_write_buffer_size()
             assert unsent <= WRITE_HIGH_WATER + HEADER_SIZE + MAX_FRAME_SIZE, unsent
-            assert conn.decoder.pending_bytes  # requests read but not answered yet
+            assert conn.conn.pending_bytes  # requests read but not answered yet
             for request_id in range(20):
                 reply = await peer.reply()
                 items = reply["items"]
@@ -374,7 +374,7 @@ async def test_a_peer_that_does_not_read_holds_at_most_the_high_water_mark_and_a
 
 
 async def _until_write_paused(served: Served) -> None:
-    while not any(c.write_paused for c in served.server.connections):
+    while not any(not c.conn.peer_reading for c in served.server.connections):
         await asyncio.sleep(0)
 
 
@@ -418,5 +418,5 @@ async def test_partial_frames_are_evicted_oldest_first_and_expire_by_the_clock(
 
 async def _until_all_read(served: Served, count: int) -> None:
     """Until the server holds ``count`` one-byte partial frames (callers bound the wait)."""
-    while sum(c.decoder.pending_bytes == 1 for c in served.server.connections) < count:
+    while sum(c.conn.pending_bytes == 1 for c in served.server.connections) < count:
         await asyncio.sleep(0)

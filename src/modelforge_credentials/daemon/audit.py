@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 from ..files import make_private_dir
-from ..protocol import Op, Request
+from ..protocol import Request
 
 log = logging.getLogger("modelforge_credentials.agent")
 
-NOT_AUDITED = frozenset({Op.HELLO, Op.STATUS})
 DEFAULT_MAX_BYTES = 1_048_576
 
 
@@ -99,8 +98,8 @@ class AuditLog:
         uid: int | None,
         exe: str | None,
     ) -> None:
-        if request.op in NOT_AUDITED:
-            return
+        if not request.op.audited:
+            return  # the ops table: hello and status are not recorded
         error = reply.get("error")
         result = (
             "ok" if reply.get("ok") else (error.get("code") if isinstance(error, dict) else "error")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from .errors import ERROR_CODES, RemoteError, ReplyError
-from .ops import AnyOp, Op, TeamOp
+from .ops import AnyOp
 
 _UINT64_LIMIT = 1 << 64
 _MISSING = object()
@@ -123,81 +122,6 @@ def parse_reply(message: Mapping[str, object]) -> Reply:
     return Reply(request_id, False, {}, code, text)
 
 
-class _Kind:
-    __slots__ = ("description", "check")
-
-    def __init__(self, description: str, check: Callable[[object], bool]) -> None:
-        self.description = description
-        self.check = check
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_bool(value: object) -> bool:
-    return type(value) is bool
-
-
-def _is_uint(value: object) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _is_seconds(value: object) -> bool:
-    return (type(value) is int or type(value) is float) and math.isfinite(value) and value >= 0
-
-
-def _is_pair_list(value: object) -> bool:
-    return isinstance(value, list | tuple) and all(
-        isinstance(pair, list | tuple)
-        and len(pair) == 2
-        and isinstance(pair[0], str)
-        and isinstance(pair[1], str)
-        for pair in value
-    )
-
-
-def _or_nil(kind: _Kind) -> _Kind:
-    return _Kind(f"{kind.description} or nil", lambda value: value is None or kind.check(value))
-
-
-_STR = _Kind("a str", _is_str)
-_BOOL = _Kind("a bool", _is_bool)
-_UINT = _Kind("an unsigned int", _is_uint)
-_SECONDS = _Kind("a non-negative number of seconds", _is_seconds)
-_PAIRS = _Kind("a list of [provider, key] string pairs", _is_pair_list)
-_TEAMS = _Kind(
-    "a list of maps", lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v)
-)
-
-# The one table of per-operation result fields.  Replies may carry more
-# fields than listed (a newer agent adds them); those are passed through.
-_RESULT_FIELDS: Mapping[AnyOp, tuple[tuple[str, _Kind], ...]] = {
-    Op.HELLO: (("protocol", _UINT), ("agent", _STR), ("backend", _STR), ("locked", _BOOL)),
-    Op.STORE: (),
-    Op.RETRIEVE: (("value", _or_nil(_STR)),),
-    Op.DELETE: (("deleted", _BOOL),),
-    Op.EXISTS: (("exists", _BOOL),),
-    Op.LIST: (("items", _PAIRS),),
-    Op.STATUS: (
-        ("locked", _BOOL),
-        ("backend", _STR),
-        ("protection", _STR),
-        ("cached", _UINT),
-        ("idle_timeout", _or_nil(_SECONDS)),
-        ("pid", _UINT),
-        ("uptime", _SECONDS),
-    ),
-    Op.LOCK: (),
-    Op.UNLOCK: (),
-    TeamOp.LOCATE: (("source", _or_nil(_STR)),),
-    TeamOp.TEAM_STORE: (("version", _UINT), ("path", _STR)),
-    TeamOp.TEAM_LOGIN: (),
-    TeamOp.TEAM_STATUS: (("teams", _TEAMS),),
-    TeamOp.TEAM_REFRESH: (("teams", _TEAMS),),
-}
-
-
 def expect_fields(reply: Reply, op: AnyOp) -> dict[str, object]:
     """Return the result fields of a success reply to ``op`` after checking
     their types against the operation's result table.
@@ -212,7 +136,7 @@ def expect_fields(reply: Reply, op: AnyOp) -> dict[str, object]:
             request_id=reply.id,
         )
     fields = reply.fields
-    for name, kind in _RESULT_FIELDS[op]:
+    for name, kind in op.result:
         value = fields.get(name, _MISSING)
         if value is _MISSING:
             raise ReplyError(f"'{op.value}' reply lacks '{name}' ({kind.description})")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from .errors import BAD_REQUEST, UNKNOWN_OP, UNSUPPORTED_VERSION, ProtocolError, RequestError
 from .framing import HEADER_SIZE, MAX_FRAME_SIZE, decode_body, encode_str_keyed_dict
-from .ops import PROTOCOL_VERSION, AnyOp, Op, TeamOp
+from .ops import OPS_BY_NAME, PROTOCOL_VERSION, AnyOp, Op
 
 # The thin client imports this module: typing and dataclasses stay out of
 # its start-up (they cost more than the whole rest of the client).
@@ -16,33 +16,8 @@ if TYPE_CHECKING:
 
 _UINT64_LIMIT = 1 << 64
 _MISSING = object()
-_OPS_BY_NAME: dict[str, AnyOp] = {op.value: op for op in (*Op, *TeamOp)}
 _RESERVED_REQUEST_KEYS = frozenset({"v", "id", "op"})
 _FIXMAP_5 = 0x85
-
-# The one table of per-operation request fields: (name, optional).  Every
-# field listed is a str; an optional one may also be absent or nil.
-_REQUEST_FIELDS: dict[AnyOp, tuple[tuple[str, bool], ...]] = {
-    Op.HELLO: (),
-    Op.STORE: (("provider", False), ("key", False), ("value", False)),
-    Op.RETRIEVE: (("provider", False), ("key", False)),
-    Op.DELETE: (("provider", False), ("key", False)),
-    Op.EXISTS: (("provider", False), ("key", False)),
-    Op.LIST: (("provider", True),),
-    Op.STATUS: (),
-    Op.LOCK: (),
-    Op.UNLOCK: (("passphrase", False),),
-    TeamOp.LOCATE: (("provider", False), ("key", False)),
-    TeamOp.TEAM_STORE: (("team", False), ("provider", False), ("key", False), ("value", False)),
-    TeamOp.TEAM_LOGIN: (
-        ("team", False),
-        ("method", False),
-        ("secret", False),
-        ("login_name", True),
-    ),
-    TeamOp.TEAM_STATUS: (),
-    TeamOp.TEAM_REFRESH: (("team", True),),
-}
 
 
 def _type_name(value: object) -> str:
@@ -155,7 +130,7 @@ class Request:
     def to_message(self) -> dict[str, object]:
         """The request map that :func:`parse_request` turns back into ``self``."""
         fields: dict[str, object] = {}
-        for name, optional in _REQUEST_FIELDS[self.op]:
+        for name, optional in self.op.request:
             field_value = getattr(self, name)
             if field_value is not None or optional:
                 fields[name] = field_value
@@ -256,11 +231,11 @@ def _checked_header(message: Mapping[str, object]) -> tuple[int, AnyOp]:
             code=BAD_REQUEST,
             request_id=request_id,
         )
-    op = _OPS_BY_NAME.get(op_name)
+    op = OPS_BY_NAME.get(op_name)
     if op is None:
         # The unknown name is not echoed: it is peer-controlled text.
         raise RequestError(
-            f"unknown operation; known operations: {', '.join(_OPS_BY_NAME)}",
+            f"unknown operation; known operations: {', '.join(OPS_BY_NAME)}",
             code=UNKNOWN_OP,
             request_id=request_id,
         )
@@ -270,7 +245,7 @@ def _checked_header(message: Mapping[str, object]) -> tuple[int, AnyOp]:
 def _checked_fields(message: Mapping[str, object], request_id: int, op: AnyOp) -> dict[str, str]:
     """The operation's fields (section 4 of docs/PROTOCOL.md), each checked to be a str."""
     values: dict[str, str] = {}
-    for name, optional in _REQUEST_FIELDS[op]:
+    for name, optional in op.request:
         field_value = message.get(name)
         if field_value is None:
             if optional:
