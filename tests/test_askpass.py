@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelforge_credentials.cli import EXIT_LOCKED, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code_for
-from modelforge_credentials.client import askpass
+from modelforge_credentials.client import askpass, prompters
 from modelforge_credentials.client.askpass import (
     ASKPASS,
     PINENTRY,
@@ -372,7 +372,7 @@ def test_pinentry_is_searched_in_order_when_there_is_a_terminal(tmp_path: Path) 
 def test_no_pinentry_without_a_terminal_or_display_unless_chosen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(askpass, "terminal_name", lambda env: None)
+    monkeypatch.setattr(prompters, "terminal_name", lambda env: None)
     path = _fake_programs(tmp_path / "bin", "pinentry-tty")
     assert find_prompter({"PATH": path}) is None
     assert find_prompter({"PATH": path, "DISPLAY": ":1"}) == Prompter(

@@ -24,17 +24,19 @@ from modelforge_credentials.client.askpass import (
     PassphraseMismatchError,
     PassphrasePromptError,
 )
-from modelforge_credentials.client.pinentry import (
+from modelforge_credentials.client.assuan import (
     MAX_LINE,
     LineReader,
-    PinentryConversation,
-    PinentryRequest,
     Response,
-    ask_pinentry,
     command,
     escape,
     parse_response,
     unescape,
+)
+from modelforge_credentials.client.pinentry import (
+    PinentryConversation,
+    PinentryRequest,
+    ask_pinentry,
 )
 
 SECRET = "pä ss-wörd 🔑"
@@ -325,20 +327,18 @@ def test_a_pinentry_that_hangs_is_killed_with_a_typed_error(
     _assert_gone(pid_file)
 
 
-def test_a_pinentry_that_dies_is_a_typed_error_saying_what_to_do(
-    fake_pinentry: Callable[[str], tuple[str, dict[str, str], Path]],
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("die", "exited before.*MODEL_FORGE_PINENTRY"),  # a pinentry that dies
+        ("nonsense", "not Assuan"),  # a program that is not a pinentry
+    ],
+)
+def test_a_pinentry_that_dies_or_speaks_nonsense_is_a_typed_error_saying_what_to_do(
+    fake_pinentry: Callable[[str], tuple[str, dict[str, str], Path]], mode: str, message: str
 ) -> None:
-    program, env, pid_file = fake_pinentry("die")
-    with pytest.raises(PassphrasePromptError, match="exited before.*MODEL_FORGE_PINENTRY"):
-        ask_pinentry(program, _request(), environ=env, answer_timeout=5)
-    _assert_gone(pid_file)
-
-
-def test_a_program_that_is_not_a_pinentry(
-    fake_pinentry: Callable[[str], tuple[str, dict[str, str], Path]],
-) -> None:
-    program, env, pid_file = fake_pinentry("nonsense")
-    with pytest.raises(PassphrasePromptError, match="not Assuan"):
+    program, env, pid_file = fake_pinentry(mode)
+    with pytest.raises(PassphrasePromptError, match=message):
         ask_pinentry(program, _request(), environ=env, answer_timeout=5)
     _assert_gone(pid_file)
 
@@ -427,6 +427,11 @@ class Pane:
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "t", *keys)
 
+    def enter(self, text: str) -> None:
+        """Type ``text`` and press Enter, as a person answers a prompt."""
+        self.type(text)
+        self.keys("Enter")
+
     def close(self) -> None:
         self._tmux("kill-server")
         shutil.rmtree(self.socket_dir, ignore_errors=True)
@@ -513,8 +518,7 @@ def test_pinentry_tty_is_found_on_path_with_the_controlling_terminal(session: Se
     path = f"{directory}:/nonexistent"
     pane = session.start(PATH=path)
     pane.wait_text("Passphrase:")
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     assert session.outcome(pane) == {"ok": SECRET}
 
 
@@ -530,17 +534,13 @@ def test_pinentry_tty_ctrl_d_is_the_typed_cancel_error(session: Session) -> None
 def test_pinentry_tty_repeat_asks_again_after_a_mismatch(session: Session) -> None:
     pane = session.start(confirm=True, MODEL_FORGE_PINENTRY=_pinentry("pinentry-tty"))
     pane.wait_text("Passphrase:")
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     pane.wait_text("Repeat passphrase:")
-    pane.type("something else")
-    pane.keys("Enter")
+    pane.enter("something else")
     pane.wait_text("Passphrase:", count=2)  # pinentry-tty itself says they differ and asks again
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     pane.wait_text("Repeat passphrase:", count=2)
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     assert session.outcome(pane) == {"ok": SECRET}
     assert SECRET not in pane.screen()
 
@@ -549,8 +549,7 @@ def test_pinentry_curses_returns_what_was_typed(session: Session) -> None:
     pane = session.start(MODEL_FORGE_PINENTRY=_pinentry("pinentry-curses"))
     pane.wait_text("<Cancel>")
     assert "Unlock the test store" in pane.screen()
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     assert session.outcome(pane) == {"ok": SECRET}
 
 
@@ -564,12 +563,10 @@ def test_pinentry_curses_cancel_button_is_the_typed_cancel_error(session: Sessio
 def test_pinentry_curses_confirm_asks_in_a_second_dialog_and_compares(session: Session) -> None:
     pane = session.start(confirm=True, MODEL_FORGE_PINENTRY=_pinentry("pinentry-curses"))
     pane.wait_text("<Cancel>")
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     screen = pane.wait_text("Repeat passphrase:")
     assert SECRET not in screen
-    pane.type(SECRET + "typo")
-    pane.keys("Enter")
+    pane.enter(SECRET + "typo")
     outcome = session.outcome(pane)
     assert outcome["error"] == "PassphraseMismatchError"
     assert SECRET not in outcome["message"]
@@ -587,12 +584,10 @@ def test_a_terminal_on_stdin_gets_the_getpass_prompt_before_any_program(session:
         MODEL_FORGE_PINENTRY=_pinentry("pinentry-tty"),
     )
     pane.wait_text("Passphrase:")
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     screen = pane.wait_text("Repeat passphrase:")
     assert "Unlock the test store" not in screen  # getpass shows the prompt only
-    pane.type(SECRET)
-    pane.keys("Enter")
+    pane.enter(SECRET)
     assert session.outcome(pane) == {"ok": SECRET}
     assert not marker.exists()
     assert SECRET not in pane.screen()

@@ -31,19 +31,20 @@ module existed); ``MODEL_FORGE_PINENTRY=off`` turns off 5. A program never
 gets the passphrase in its argv or environment, its stderr is left to the
 terminal (askpass) or discarded (pinentry), and no message here quotes what
 it printed. A program that hangs is killed after :data:`PROMPT_TIMEOUT`.
+
+This module holds the rule and runs its sources; which program rules 3-5
+choose is :mod:`.prompters`, the pinentry conversation :mod:`.pinentry`.
 """
 
 from __future__ import annotations
 
 import os
 
-from ..errors import (
-    CredentialLockedError,
-    CredentialStorageUnavailableError,
-    CredentialTooLargeError,
-    CredentialValidationError,
-)
+from ..errors import CredentialTooLargeError, CredentialValidationError
+from ..settings import ASKPASS, PINENTRY
 from ..validation import MAX_VALUE_BYTES
+from .prompt_errors import PassphraseCancelledError, PassphraseMismatchError, PassphrasePromptError
+from .prompters import PINENTRY_NAMES, Prompter, find_prompter, ssh_askpass, terminal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,20 +53,24 @@ if TYPE_CHECKING:
     from typing import TextIO
 
     from .pinentry import PinentryRequest
+    from .prompt_process import OutputPipe
 
-from ..settings import ASKPASS, PINENTRY  # noqa: E402 - the one owner of the names
-
-#: Searched on PATH in this order: the system's choice (Debian's alternative,
-#: a GUI one falling back to curses without a display), then GUI, then text.
-PINENTRY_NAMES = (
-    "pinentry",
-    "pinentry-mac",
-    "pinentry-gnome3",
-    "pinentry-qt",
-    "pinentry-gtk-2",
-    "pinentry-curses",
-    "pinentry-tty",
-)
+__all__ = [
+    "ASKPASS",
+    "PINENTRY",
+    "PINENTRY_NAMES",
+    "PROMPT_TIMEOUT",
+    "TITLE",
+    "PassphraseCancelledError",
+    "PassphraseMismatchError",
+    "PassphrasePromptError",
+    "Prompter",
+    "find_prompter",
+    "pinentry_request",
+    "read_passphrase",
+    "run_askpass",
+    "terminal_name",
+]
 
 #: How long a person gets to type into an askpass dialog or a pinentry; a
 #: program still silent then is killed. Pinentry is told the same number
@@ -73,62 +78,6 @@ PINENTRY_NAMES = (
 PROMPT_TIMEOUT = 300
 #: What askpass dialogs and pinentry windows show as their title.
 TITLE = "modelforge-agent"
-
-
-class PassphraseCancelledError(CredentialLockedError):
-    """No passphrase was given: the prompt was cancelled (Cancel, Escape, Ctrl-D,
-    an askpass program that exited non-zero or printed nothing) or nobody
-    answered before it timed out.
-
-    Nothing was sent or changed, and a locked store stays locked (exit status
-    3, as for any locked store). Run the command again and enter it, or pipe it
-    in: ``printf '%s\\n' "$PASSPHRASE" | modelforge-agent unlock``.
-    """
-
-
-class PassphrasePromptError(CredentialStorageUnavailableError):
-    """The program that should ask for the passphrase could not: it cannot be
-    run, it died, it hung (and was killed after a timeout), or it does not
-    speak its protocol.
-
-    The message names the program and the variable that chose it
-    (MODEL_FORGE_ASKPASS, SSH_ASKPASS, MODEL_FORGE_PINENTRY): fix or unset it,
-    install a pinentry, or pipe the passphrase in on standard input.
-    """
-
-
-class PassphraseMismatchError(CredentialValidationError):
-    """A passphrase and its repetition differ; nothing was changed. Run the
-    command again and type the same passphrase twice."""
-
-
-class Prompter:
-    """The program that asks when there is no terminal: ``kind`` is
-    ``askpass`` or ``pinentry``, ``setting`` the variable that chose it
-    (MODEL_FORGE_ASKPASS, SSH_ASKPASS, MODEL_FORGE_PINENTRY, or ``PATH`` for a
-    pinentry found there)."""
-
-    __slots__ = ("kind", "program", "setting")
-
-    def __init__(self, kind: str, program: str, setting: str) -> None:
-        self.kind = kind
-        self.program = program
-        self.setting = setting
-
-    def __repr__(self) -> str:
-        return f"Prompter({self.kind!r}, {self.program!r}, {self.setting!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Prompter):
-            return NotImplemented
-        return (self.kind, self.program, self.setting) == (
-            other.kind,
-            other.program,
-            other.setting,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.kind, self.program, self.setting))
 
 
 def read_passphrase(
@@ -154,7 +103,7 @@ def read_passphrase(
     env = os.environ if environ is None else environ
     again = repeat_prompt or _repeat_prompt(prompt)
     if _is_terminal(stdin):
-        ssh = _ssh_askpass(env, terminal=True)
+        ssh = ssh_askpass(env, terminal=True)
         if ssh is not None:
             return _ask_program(ssh, prompt, description, again if confirm else None, env)
         return _ask_terminal(prompt, again if confirm else None)
@@ -168,21 +117,6 @@ def read_passphrase(
             f"terminal, pipe the passphrase in, or set {ASKPASS} to a program that prints it"
         )
     return _ask_program(prompter, prompt, description, again if confirm else None, env)
-
-
-def find_prompter(environ: Mapping[str, str] | None = None) -> Prompter | None:
-    """The program that would ask when standard input is not a terminal and
-    gives no line (rules 3-5), or ``None``: then only standard input can."""
-    env = os.environ if environ is None else environ
-    askpass = _program_setting(ASKPASS, env)
-    if askpass is False:
-        return None
-    if isinstance(askpass, str):
-        return Prompter("askpass", askpass, ASKPASS)
-    ssh = _ssh_askpass(env, terminal=False)
-    if ssh is not None:
-        return ssh
-    return _find_pinentry(env)
 
 
 # -- the terminal and standard input ----------------------------------------------
@@ -209,9 +143,7 @@ def _ask_terminal(prompt: str, repeat_prompt: str | None) -> str:
         raise PassphraseCancelledError(
             "no passphrase was typed (end of input); nothing was changed"
         ) from None
-    if first != second:
-        raise PassphraseMismatchError("the two passphrases differ; nothing was changed")
-    return first
+    return _same_twice(first, second)
 
 
 def _stdin_line(stdin: TextIO | None) -> str | None:
@@ -236,79 +168,13 @@ def _repeat_prompt(prompt: str) -> str:
     return "Repeat " + prompt[:1].lower() + prompt[1:] if prompt else "Repeat: "
 
 
-# -- which program ----------------------------------------------------------------
+def _same_twice(first: str, second: str) -> str:
+    if first != second:
+        raise PassphraseMismatchError()
+    return first
 
 
-def _program_setting(name: str, env: Mapping[str, str]) -> str | bool | None:
-    """A program setting: ``None`` unset (automatic), ``False`` off, ``True``
-    on (automatic too), else the program."""
-    from .. import settings
-
-    if not settings.text(name, env):
-        return None
-    return settings.flag_or_path(name, env)
-
-
-def _has_display(env: Mapping[str, str]) -> bool:
-    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
-
-
-def _ssh_askpass(env: Mapping[str, str], *, terminal: bool) -> Prompter | None:
-    """SSH_ASKPASS as OpenSSH uses it (readpass.c): with a display and no
-    terminal; ``SSH_ASKPASS_REQUIRE`` never/prefer/force as there."""
-    program = env.get("SSH_ASKPASS")
-    if not program:
-        return None
-    require = env.get("SSH_ASKPASS_REQUIRE", "").strip().lower()
-    if require == "never":
-        return None
-    if require == "force":
-        return Prompter("askpass", program, "SSH_ASKPASS")
-    if not _has_display(env):
-        return None
-    if terminal and require != "prefer":
-        return None
-    return Prompter("askpass", program, "SSH_ASKPASS")
-
-
-def _find_pinentry(env: Mapping[str, str]) -> Prompter | None:
-    import shutil
-
-    chosen = _program_setting(PINENTRY, env)
-    if chosen is False:
-        return None
-    path = env.get("PATH", os.defpath)
-    if isinstance(chosen, str):
-        # Chosen on purpose: tried even with no terminal or display in sight.
-        return Prompter("pinentry", shutil.which(chosen, path=path) or chosen, PINENTRY)
-    if not (_has_display(env) or terminal_name(env)):
-        return None  # a text pinentry would only fail, a GUI one has nowhere to go
-    for name in PINENTRY_NAMES:
-        found = shutil.which(name, path=path)
-        if found:
-            return Prompter("pinentry", found, "PATH")
-    return None
-
-
-def terminal_name(env: Mapping[str, str]) -> str | None:
-    """The terminal a text pinentry should use: ``GPG_TTY`` (gpg's variable),
-    else a terminal on stdin/stdout/stderr, else ``/dev/tty`` if this process
-    has a controlling terminal; ``None`` without one."""
-    named = env.get("GPG_TTY")
-    if named:
-        return named
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return os.ttyname(fd)
-        except OSError:
-            continue
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
-    except OSError:
-        return None
-    os.close(fd)
-    return "/dev/tty"  # ttyname() of it says /dev/tty too; pinentry opens it fine
+# -- running the program that asks ----------------------------------------------------
 
 
 def _ask_program(
@@ -319,17 +185,15 @@ def _ask_program(
     env: Mapping[str, str],
 ) -> str:
     if prompter.kind == "pinentry":
-        return _ask_pinentry(prompter, prompt, description, repeat_prompt, env)
+        from .pinentry import ask_pinentry
+
+        request = pinentry_request(prompt, description, repeat_prompt, env)
+        return ask_pinentry(prompter.program, request, environ=env)
     first = run_askpass(prompter.program, prompt, environ=env, setting=prompter.setting)
     if repeat_prompt is None:
         return first
     second = run_askpass(prompter.program, repeat_prompt, environ=env, setting=prompter.setting)
-    if first != second:
-        raise PassphraseMismatchError("the two passphrases differ; nothing was changed")
-    return first
-
-
-# -- askpass ------------------------------------------------------------------------
+    return _same_twice(first, second)
 
 
 def run_askpass(
@@ -348,123 +212,99 @@ def run_askpass(
     most MAX_VALUE_BYTES, or is still running after ``timeout`` seconds (it is
     killed) is PassphrasePromptError. Its stderr goes where ours goes.
     """
-    import selectors
-    import subprocess
-    import time
+    from .prompt_process import start_program
 
     where = f"{setting}={program!r}"
     try:
-        proc = subprocess.Popen(
-            [program, prompt],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            env=None if environ is None else dict(environ),
-        )
+        proc = start_program([program, prompt], environ=environ, talk=False)
     except OSError as err:
         raise PassphrasePromptError(
             f"{where} cannot be run ({err.strerror or err}); point {setting} to a program "
             "that prints the passphrase, or unset it"
         ) from None
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
     output = bytearray()
-    deadline = time.monotonic() + timeout
-    selector = selectors.DefaultSelector()
-    selector.register(fd, selectors.EVENT_READ)
-    problem = None
-    finished = False
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                problem = (
-                    f"{where} did not answer within {timeout:g} s and was stopped; check that "
-                    "it can show its dialog (DISPLAY, WAYLAND_DISPLAY), or pipe the "
-                    "passphrase in on standard input"
-                )
-                break
-            if not selector.select(left):
-                continue
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
-            output += chunk
-            # One line is all we take: stop reading at its end, as ssh does.
-            if b"\n" in output or b"\r" in output:
-                break
-            if len(output) > MAX_VALUE_BYTES:
-                problem = f"{where} printed more than {MAX_VALUE_BYTES} bytes without a line end"
-                break
-        finished = True
-    finally:
-        selector.close()
-        proc.stdout.close()
-        if problem is not None or not finished:  # hung, runaway, or we were interrupted
-            proc.kill()
-        status = _wait(proc)
-    try:
-        if problem is not None:
-            raise PassphrasePromptError(problem)
-        if status != 0:
-            how = f"was stopped by signal {-status}" if status < 0 else f"exited with {status}"
-            raise PassphraseCancelledError(
-                f"{where} {how}: the passphrase prompt was cancelled; nothing was changed"
-            )
-        if not output:
-            raise PassphraseCancelledError(
-                f"{where} printed no passphrase (it exited with 0 and no output); "
-                "nothing was changed"
-            )
-        end = len(output)
-        for mark in (b"\n", b"\r"):
-            found = output.find(mark)
-            if 0 <= found < end:
-                end = found
-        if end > MAX_VALUE_BYTES:
-            raise PassphrasePromptError(f"{where} printed a line over {MAX_VALUE_BYTES} bytes")
-        try:
-            return output[:end].decode("utf-8")
-        except UnicodeDecodeError:
-            raise PassphrasePromptError(
-                f"{where} printed a passphrase that is not UTF-8; it was not used"
-            ) from None
+        status = _collect_askpass_output(proc, output, where, timeout)
+        return _askpass_answer(output, status, where)
     finally:
         output[:] = bytes(len(output))
 
 
-def _wait(proc: subprocess.Popen[bytes]) -> int:
-    """The exit status; a program that keeps running after its line (a dialog
-    that does not exit) gets a short grace, then is killed."""
-    import subprocess
+def _collect_askpass_output(
+    proc: subprocess.Popen[bytes], output: bytearray, where: str, timeout: float
+) -> int:
+    """Read the program's first line into ``output``, stop the program and
+    return its exit status; PassphrasePromptError if it hung or ran away."""
+    import time
 
+    from .prompt_process import OutputPipe, stop_program
+
+    assert proc.stdout is not None
+    pipe = OutputPipe(proc.stdout)
+    problem = None
+    finished = False
     try:
-        return proc.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+        problem = _read_first_line(pipe, output, time.monotonic() + timeout)
+        finished = True
+    finally:
+        pipe.close()
+        # A dialog still open after its line gets a short grace; a hung or
+        # runaway program, or one whose reading we abandoned, is killed now.
+        status = stop_program(proc, grace=5.0 if finished and problem is None else 0.0)
+    if problem == "timeout":
+        raise PassphrasePromptError(
+            f"{where} did not answer within {timeout:g} s and was stopped; check that "
+            "it can show its dialog (DISPLAY, WAYLAND_DISPLAY), or pipe the "
+            "passphrase in on standard input"
+        )
+    if problem == "runaway":
+        raise PassphrasePromptError(
+            f"{where} printed more than {MAX_VALUE_BYTES} bytes without a line end"
+        )
+    return status
 
 
-# -- pinentry -----------------------------------------------------------------------
+def _read_first_line(pipe: OutputPipe, output: bytearray, deadline: float) -> str | None:
+    """Read into ``output`` until a line end or the end of output (``None``),
+    ``"timeout"`` at ``deadline``, or ``"runaway"`` past MAX_VALUE_BYTES."""
+    while True:
+        chunk = pipe.read(deadline, 65536)
+        if chunk is None:
+            return "timeout"
+        if not chunk:
+            return None
+        output += chunk
+        # One line is all we take: stop reading at its end, as ssh does.
+        if b"\n" in output or b"\r" in output:
+            return None
+        if len(output) > MAX_VALUE_BYTES:
+            return "runaway"
 
 
-def _ask_pinentry(
-    prompter: Prompter,
-    prompt: str,
-    description: str,
-    repeat_prompt: str | None,
-    env: Mapping[str, str],
-) -> str:
-    from .pinentry import ask_pinentry
-
-    return ask_pinentry(
-        prompter.program,
-        pinentry_request(prompt, description, repeat_prompt, env),
-        environ=env,
-    )
+def _askpass_answer(output: bytearray, status: int, where: str) -> str:
+    """The passphrase in what the program printed, by its exit status."""
+    if status != 0:
+        how = f"was stopped by signal {-status}" if status < 0 else f"exited with {status}"
+        raise PassphraseCancelledError(
+            f"{where} {how}: the passphrase prompt was cancelled; nothing was changed"
+        )
+    if not output:
+        raise PassphraseCancelledError(
+            f"{where} printed no passphrase (it exited with 0 and no output); nothing was changed"
+        )
+    end = len(output)
+    for mark in (b"\n", b"\r"):
+        found = output.find(mark)
+        if 0 <= found < end:
+            end = found
+    if end > MAX_VALUE_BYTES:
+        raise PassphrasePromptError(f"{where} printed a line over {MAX_VALUE_BYTES} bytes")
+    try:
+        return output[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise PassphrasePromptError(
+            f"{where} printed a passphrase that is not UTF-8; it was not used"
+        ) from None
 
 
 def pinentry_request(

@@ -1,19 +1,11 @@
 """Asking a pinentry for a passphrase over the Assuan protocol, as gpg-agent does.
 
 Two layers, as in the agent's own protocol package: an I/O-free core (the
-line codec, :class:`LineReader` and :class:`PinentryConversation`, a state
+line codec of :mod:`.assuan`, and :class:`PinentryConversation`, a state
 machine that takes pinentry's lines and says what to send next) and one
 adapter, :func:`ask_pinentry`, that runs the program and moves bytes with
-timeouts. The core never sees a clock or a pipe, so every exchange can be
-replayed from a recording (tests/test_pinentry.py).
-
-Assuan, as far as a pinentry client needs it: the client sends one command
-per line and reads until ``OK`` or ``ERR <code> <text>``; on the way come
-data (``D``, percent-escaped: ``%25``, ``%0D``, ``%0A``), status (``S``),
-comments (``#``) and ``INQUIRE``, which a pinentry client answers with
-``CAN`` (we have nothing to give). A line is at most 1000 bytes including its
-LF (libassuan's ``ASSUAN_LINELENGTH``); longer data comes in several ``D``
-lines.
+timeouts (:mod:`.prompt_process`). The core never sees a clock or a pipe, so
+every exchange can be replayed from a recording (tests/test_pinentry.py).
 
 The passphrase exists only in the conversation's buffer and in the returned
 string: no message, log line or exception built here contains a data line.
@@ -23,173 +15,19 @@ a pinentry never offers to keep the passphrase in a desktop keyring.
 
 from __future__ import annotations
 
-import os
-
 from ..validation import MAX_VALUE_BYTES
-from .askpass import PassphraseCancelledError, PassphraseMismatchError, PassphrasePromptError
+from .assuan import GPG_ERR_CANCELED, GPG_ERR_TIMEOUT, LineReader, Response, command, parse_response
+from .prompt_errors import PassphraseCancelledError, PassphraseMismatchError, PassphrasePromptError
+from .prompt_process import OutputPipe, deadline_after, start_program, stop_program
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import selectors
     import subprocess
     from collections.abc import Mapping
-
-#: libassuan's ASSUAN_LINELENGTH: a line, its LF included, in either direction.
-MAX_LINE = 1000
-#: The error codes pinentry sends (libgpg-error, low 16 bits; the high bits
-#: name the source, 5 = pinentry).
-GPG_ERR_TIMEOUT = 62
-GPG_ERR_CANCELED = 99
-GPG_ERR_ASS_UNKNOWN_CMD = 275
 
 #: How long a pinentry may take to answer anything but GETPIN (start-up,
 #: OPTION, SET*): a healthy one answers in milliseconds, a GUI one in a second.
 ANSWER_TIMEOUT = 15.0
-
-
-# -- the codec -------------------------------------------------------------------
-
-
-def escape(data: bytes) -> bytes:
-    """Percent-escape ``%``, CR, LF and the other C0 controls (a NUL would cut
-    a C string short), as Assuan wants them in data and in SET* arguments."""
-    out = bytearray()
-    for byte in data:
-        if byte == 0x25 or byte < 0x20:
-            out += b"%%%02X" % byte
-        else:
-            out.append(byte)
-    return bytes(out)
-
-
-def unescape(data: bytes) -> bytes:
-    """Undo :func:`escape` (any ``%XX``); a ``%`` not followed by two hex
-    digits is kept as it is, as libassuan does."""
-    if b"%" not in data:
-        return data
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        byte = data[i]
-        if byte == 0x25 and _is_hex(data[i + 1 : i + 3]):
-            out.append(int(data[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(byte)
-            i += 1
-    return bytes(out)
-
-
-def _is_hex(pair: bytes) -> bool:
-    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
-
-
-def command(verb: str, text: str | None = None) -> bytes:
-    """One command line, LF included: ``verb`` and ``text`` escaped, the text
-    cut at a character boundary so the line stays within :data:`MAX_LINE`."""
-    line = verb.encode("ascii")
-    if text is None:
-        return line + b"\n"
-    line += b" "
-    room = MAX_LINE - 1 - len(line)
-    out = bytearray()
-    for char in text:
-        piece = escape(char.encode("utf-8", "replace"))
-        if len(out) + len(piece) > room:
-            break
-        out += piece
-    return line + bytes(out) + b"\n"
-
-
-class Response:
-    """One line from the pinentry. ``kind`` is ``OK``, ``ERR``, ``D``, ``S``,
-    ``INQUIRE`` or ``#``; ``text`` the rest of the line (for ``D``: the
-    unescaped bytes, never shown); ``code`` the number of an ``ERR``."""
-
-    __slots__ = ("kind", "text", "code")
-
-    def __init__(self, kind: str, text: bytes = b"", code: int = 0) -> None:
-        self.kind = kind
-        self.text = text
-        self.code = code
-
-    def __repr__(self) -> str:
-        shown = "<data>" if self.kind == "D" else self.text.decode("utf-8", "replace")
-        return f"Response({self.kind} {shown!r}{f' code={self.code}' if self.code else ''})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Response):
-            return NotImplemented
-        return (self.kind, self.text, self.code) == (other.kind, other.text, other.code)
-
-    def __hash__(self) -> int:
-        return hash((self.kind, self.code))
-
-    @property
-    def message(self) -> str:
-        """The text of an ``OK``/``ERR``/``S`` line, for messages (not for ``D``)."""
-        return "" if self.kind == "D" else self.text.decode("utf-8", "replace")
-
-
-def parse_response(line: bytes) -> Response:
-    """One line (without its LF) from the pinentry; PassphrasePromptError if
-    it is none of the kinds above. The error never quotes the line: it could
-    be a damaged data line."""
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if line.startswith(b"#") or not line:
-        return Response("#", line[1:])
-    verb, _, rest = line.partition(b" ")
-    if verb == b"D":
-        return Response("D", unescape(rest))
-    if verb == b"OK":
-        return Response("OK", rest)
-    if verb == b"S":
-        return Response("S", rest)
-    if verb == b"INQUIRE":
-        return Response("INQUIRE", rest)
-    if verb == b"ERR":
-        number, _, text = rest.partition(b" ")
-        if number.isdigit():
-            return Response("ERR", text, int(number))
-        raise PassphrasePromptError("the pinentry sent an ERR line without an error number")
-    raise PassphrasePromptError(
-        "the pinentry sent a line that is not Assuan (neither OK, ERR, D, S, INQUIRE nor #); "
-        "is MODEL_FORGE_PINENTRY a pinentry program?"
-    )
-
-
-class LineReader:
-    """Bytes in, complete lines out (without LF); a line longer than
-    :data:`MAX_LINE` is an error, so a runaway program cannot fill memory."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        lines = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                break
-            if end + 1 > MAX_LINE:
-                break
-            lines.append(bytes(self._buffer[:end]))
-            del self._buffer[: end + 1]
-        if len(self._buffer) >= MAX_LINE:
-            self._buffer.clear()  # it may hold part of a passphrase
-            raise PassphrasePromptError(
-                f"the pinentry sent a line longer than {MAX_LINE} bytes, which Assuan forbids"
-            )
-        return lines
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._buffer)
-
-
-# -- the conversation -------------------------------------------------------------
 
 
 class PinentryRequest:
@@ -268,6 +106,11 @@ class PinentryConversation:
     @property
     def done(self) -> bool:
         return self._state == _DONE
+
+    @property
+    def program(self) -> str:
+        """The pinentry, as messages name it."""
+        return self._program
 
     @property
     def waiting_for_human(self) -> bool:
@@ -389,7 +232,7 @@ class PinentryConversation:
             return self._send_next()
         if len(self._pins) == 2 and self._pins[0] != self._pins[1]:
             self._wipe()
-            raise PassphraseMismatchError("the two passphrases differ; nothing was changed")
+            raise PassphraseMismatchError()
         try:
             self._result = self._pins[0].decode("utf-8")
         except UnicodeDecodeError:
@@ -430,74 +273,53 @@ def ask_pinentry(
     Its stderr is discarded: a curses pinentry shares the terminal, and what
     it reports comes back on ERR lines.
     """
-    import selectors
-    import subprocess
-    import time
-
-    env = None if environ is None else dict(environ)
     human = prompt_timeout or (request.timeout + answer_timeout if request.timeout else 0.0)
     try:
-        proc = subprocess.Popen(
-            [program],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            # Same session and process group: a terminal pinentry needs our
-            # controlling terminal, and Ctrl-C must reach it too.
-        )
+        proc = start_program([program], environ=environ, talk=True)
     except OSError as err:
         raise PassphrasePromptError(
             f"cannot run the pinentry {program!r} ({err.strerror or err}); install one "
             "(Debian: pinentry-curses or pinentry-tty) or set MODEL_FORGE_PINENTRY to its path"
         ) from None
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout is not None
     conversation = PinentryConversation(request, program)
-    reader = LineReader()
-    out_fd = proc.stdout.fileno()
-    os.set_blocking(out_fd, False)
-    selector = selectors.DefaultSelector()
-    selector.register(out_fd, selectors.EVENT_READ)
+    output = OutputPipe(proc.stdout)
     try:
-        while not conversation.done:
-            limit = human if conversation.waiting_for_human else answer_timeout
-            deadline = time.monotonic() + limit if limit > 0 else None
-            chunk = _read_some(selector, out_fd, deadline)
-            if chunk is None:
-                conversation.abandon()
-                raise PassphrasePromptError(
-                    f"{program} did not answer within {limit:g} s and was stopped; check that "
-                    "it can show its prompt (GPG_TTY, TERM, DISPLAY), choose another with "
-                    "MODEL_FORGE_PINENTRY=PATH, or pipe the passphrase in on standard input"
-                )
-            if not chunk:
-                conversation.closed()
-                break
-            for line in reader.feed(chunk):
-                reply = conversation.receive(line)
-                if reply:
-                    _write(proc, reply, conversation)
-                if conversation.done:
-                    break
+        _converse(proc, output, conversation, answer_timeout, human)
         return conversation.passphrase()
     finally:
-        selector.close()
-        _stop(proc, polite=conversation.done or conversation.settled, say_bye=not conversation.done)
+        output.close()
+        _stop(proc, conversation)
 
 
-def _read_some(selector: selectors.BaseSelector, fd: int, deadline: float | None) -> bytes | None:
-    """Bytes from ``fd`` (``b""`` at EOF), or ``None`` once ``deadline`` passed."""
-    import time
-
-    while True:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if selector.select(timeout):
-            try:
-                return os.read(fd, 4096)
-            except BlockingIOError:
-                continue
-        if deadline is not None and time.monotonic() >= deadline:
-            return None
+def _converse(
+    proc: subprocess.Popen[bytes],
+    output: OutputPipe,
+    conversation: PinentryConversation,
+    answer_timeout: float,
+    human_timeout: float,
+) -> None:
+    """Move lines between the pinentry and ``conversation`` until it is done."""
+    reader = LineReader()
+    while not conversation.done:
+        limit = human_timeout if conversation.waiting_for_human else answer_timeout
+        chunk = output.read(deadline_after(limit))
+        if chunk is None:
+            conversation.abandon()
+            raise PassphrasePromptError(
+                f"{conversation.program} did not answer within {limit:g} s and was stopped; "
+                "check that it can show its prompt (GPG_TTY, TERM, DISPLAY), choose another "
+                "with MODEL_FORGE_PINENTRY=PATH, or pipe the passphrase in on standard input"
+            )
+        if not chunk:
+            conversation.closed()
+            return
+        for line in reader.feed(chunk):
+            reply = conversation.receive(line)
+            if reply:
+                _write(proc, reply, conversation)
+            if conversation.done:
+                return
 
 
 def _write(proc: subprocess.Popen[bytes], data: bytes, conversation: PinentryConversation) -> None:
@@ -509,30 +331,15 @@ def _write(proc: subprocess.Popen[bytes], data: bytes, conversation: PinentryCon
         conversation.closed()
 
 
-def _stop(proc: subprocess.Popen[bytes], *, polite: bool, say_bye: bool) -> None:
+def _stop(proc: subprocess.Popen[bytes], conversation: PinentryConversation) -> None:
     """End the pinentry: after a finished dialogue give it a moment to exit
     (it restores the terminal); a hung or broken one is killed at once."""
-    import subprocess
-
-    if polite and say_bye and proc.poll() is None:
+    polite = conversation.done or conversation.settled
+    if polite and not conversation.done and proc.poll() is None:
         try:
             assert proc.stdin is not None
             proc.stdin.write(b"BYE\n")
             proc.stdin.flush()
         except (OSError, ValueError):
             pass
-    for stream in (proc.stdin, proc.stdout):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-    if polite:
-        try:
-            proc.wait(timeout=2.0)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+    stop_program(proc, grace=2.0 if polite else 0.0)
