@@ -24,10 +24,10 @@ import pytest
 
 from agent_harness import CLI, AgentWorkspace
 from modelforge_credentials.client.sync import AgentClient
+from refs_testkit import TIMEOUT, agent_holding, piped
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
-TIMEOUT = 30.0
 OPENAI = "sk-proj-exec-openai-7c1e9a"
 ANTHROPIC = "sk-ant-exec-anthropic-42bd"
 GOOGLE = "AIza-exec-google-9f00c1"
@@ -68,15 +68,8 @@ _SDK_VARIABLES = (
 @pytest.fixture
 def agent() -> Iterator[AgentWorkspace]:
     env = {k: v for k, v in os.environ.items() if k not in _SDK_VARIABLES}
-    ws = AgentWorkspace(env)
-    try:
-        ws.serve("--idle-timeout", "0")
-        with AgentClient(ws.socket, timeout=TIMEOUT) as client:
-            for (provider, key), value in STORED.items():
-                client.store(provider, key, value)
+    with agent_holding(env, STORED) as ws:
         yield ws
-    finally:
-        ws.close()
 
 
 _SELECTING = ("-p", "--provider", "-e", "--env", "--env-file", "--all")
@@ -268,28 +261,22 @@ sys.stdin.readline()
 """
 
 
+def masked_waiter(ready: Path) -> list[str]:
+    """exec --mask of WAITER, which creates ``ready`` and then waits for a line."""
+    return exec_argv("--mask", "--", sys.executable, "-c", WAITER, str(ready))
+
+
 def test_a_signal_sent_to_exec_under_mask_reaches_the_command(
     agent: AgentWorkspace, tmp_path: Path
 ) -> None:
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(
-        exec_argv("--mask", "--", sys.executable, "-c", WAITER, str(ready)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=agent.env,
-    )
-    try:
+    with piped(masked_waiter(ready), agent.env) as proc:
         wait_for_file(ready)
         proc.send_signal(signal.SIGTERM)
         # Wait before communicate() closes stdin: the command's readline
         # would otherwise see EOF and exit 0 before the signal reaches it.
         proc.wait(timeout=TIMEOUT)
         _, err = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 17, err.decode()
 
 
@@ -297,21 +284,10 @@ def test_mask_does_not_hold_back_short_output(agent: AgentWorkspace, tmp_path: P
     """A prompt or progress line without any secret shows at once, not at the next
     write or at exit (only a possible start of a secret may wait for more bytes)."""
     ready = tmp_path / "ready"
-    proc = subprocess.Popen(
-        exec_argv("--mask", "--", sys.executable, "-c", WAITER, str(ready)),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=agent.env,
-    )
-    try:
+    with piped(masked_waiter(ready), agent.env) as proc:
         assert proc.stdout is not None
         seen = read_within(proc.stdout, len(b"waiting\n"), timeout=5)
         proc.communicate(b"done\n", timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0
     assert seen == b"waiting\n", "the masked command's output was held back while it ran"
 
@@ -344,26 +320,30 @@ def marker_command(marker: Path) -> list[str]:
     return ["--", "bash", "-c", f"touch {shlex.quote(str(marker))}"]
 
 
+def refused_before_running(agent: AgentWorkspace, tmp_path: Path, *options: str) -> bytes:
+    """exec with ``options`` fails (exit 1) before its command runs, printing no
+    secret; returns its standard error."""
+    marker = tmp_path / "ran"
+    result = run(agent, *options, *marker_command(marker))
+    assert result.returncode == 1
+    assert not marker.exists()
+    for secret in SECRETS:
+        assert secret.encode() not in result.stdout + result.stderr
+    return result.stderr
+
+
 def test_unknown_provider_fails_before_the_command_starts(
     agent: AgentWorkspace, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "ran"
-    result = run(agent, "--provider", "nosuch", *marker_command(marker))
-    assert result.returncode == 1
-    assert b"nosuch" in result.stderr and b"--skip-missing" in result.stderr
-    assert not marker.exists()
+    stderr = refused_before_running(agent, tmp_path, "--provider", "nosuch")
+    assert b"nosuch" in stderr and b"--skip-missing" in stderr
 
 
 def test_missing_env_credential_fails_before_the_command_starts(
     agent: AgentWorkspace, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "ran"
-    result = run(agent, "--env", "X=p/missing", *marker_command(marker))
-    assert result.returncode == 1
-    assert b"X" in result.stderr and b"missing" in result.stderr
-    assert not marker.exists()
-    for secret in SECRETS:
-        assert secret.encode() not in result.stdout + result.stderr
+    stderr = refused_before_running(agent, tmp_path, "--env", "X=p/missing")
+    assert b"X" in stderr and b"missing" in stderr
 
 
 def test_skip_missing_runs_the_command_without_them(agent: AgentWorkspace) -> None:

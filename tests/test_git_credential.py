@@ -30,7 +30,9 @@ from agent_harness import AgentWorkspace, alive, wait_until
 from git_http_server import GitHttpServer
 from modelforge_credentials.client.sync import AgentClient
 from modelforge_credentials.integrations import git_credential as gc
+from modelforge_credentials.integrations import git_credential_wire as wire
 from modelforge_credentials.validation import MAX_NAME_LENGTH, validate_name
+from refs_testkit import piped
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SO_PEERCRED"),
@@ -67,14 +69,14 @@ def test_the_description_parser_tolerates_what_newer_gits_send() -> None:
         b"\n"
         b"protocol=http\n"  # past the blank line: not part of the description
     )
-    assert gc.parse_attributes(data) == {
+    assert wire.parse_attributes(data) == {
         "protocol": "https",
         "host": "huggingface.co",
         "password_expiry_utc": "1700000000",
         "oauth_refresh_token": "r-1",
         "username": "alice",
     }
-    assert gc.parse_attributes(b"protocol=https\nhost=h") == {"protocol": "https", "host": "h"}
+    assert wire.parse_attributes(b"protocol=https\nhost=h") == {"protocol": "https", "host": "h"}
 
 
 def test_reading_stops_at_the_blank_line_even_when_the_pipe_stays_open() -> None:
@@ -82,14 +84,14 @@ def test_reading_stops_at_the_blank_line_even_when_the_pipe_stays_open() -> None
     with os.fdopen(read_end, "rb") as stream:
         os.write(write_end, b"protocol=https\nhost=example.com\n\n")
         # The write end stays open: a reader waiting for EOF would hang here.
-        assert gc.read_description(stream) == {"protocol": "https", "host": "example.com"}
+        assert wire.read_description(stream) == {"protocol": "https", "host": "example.com"}
     os.close(write_end)
 
 
 def test_an_endless_input_is_refused_with_its_own_error() -> None:
-    stream = io.BytesIO(b"x" * (gc.MAX_INPUT_BYTES + 10))
-    with pytest.raises(gc.HelperUsageError, match=str(gc.MAX_INPUT_BYTES)):
-        gc.read_description(stream)
+    stream = io.BytesIO(b"x" * (wire.MAX_INPUT_BYTES + 10))
+    with pytest.raises(wire.HelperUsageError, match=str(wire.MAX_INPUT_BYTES)):
+        wire.read_description(stream)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,7 @@ def test_an_endless_input_is_refused_with_its_own_error() -> None:
 def test_the_provider_is_the_url_git_describes(
     attributes: dict[str, str], provider: str | None
 ) -> None:
-    assert gc.provider_for(attributes) == provider
+    assert wire.provider_for(attributes) == provider
 
 
 @pytest.mark.parametrize(
@@ -118,9 +120,9 @@ def test_the_provider_is_the_url_git_describes(
     ["alice", "", "a%b", "100%", "%zz", "tab\there", "nl\nx", "\x7f\x9f", "é ü 名", "\udce9\udcff"],
 )
 def test_any_user_name_maps_to_a_valid_key_and_back(text: str) -> None:
-    encoded = gc.encode_name(text)
-    assert gc.decode_name(encoded) == text
-    validate_name("key", gc.PASSWORD_PREFIX + encoded)
+    encoded = wire.encode_name(text)
+    assert wire.decode_name(encoded) == text
+    validate_name("key", wire.PASSWORD_PREFIX + encoded)
 
 
 def test_an_unknown_action_is_ignored_and_a_bad_command_line_is_a_usage_error() -> None:
@@ -673,14 +675,7 @@ def test_the_secret_never_reaches_stderr_argv_traces_or_logs(setup: GitSetup) ->
             outputs += [result.stdout, result.stderr]
 
     # Blocked on its standard input, the helper's argv and environment can be read at leisure.
-    proc = subprocess.Popen(
-        [str(HELPER), "store"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=setup.env,
-    )
-    try:
+    with piped([str(HELPER), "store"], setup.env) as proc:
         assert proc.stdin is not None
         proc.stdin.write(
             f"protocol=http\nhost={setup.server.host}\nusername=bob\npassword={BOB_TOKEN}\n".encode()
@@ -695,10 +690,6 @@ def test_the_secret_never_reaches_stderr_argv_traces_or_logs(setup: GitSetup) ->
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
         out, err = proc.communicate(b"\n", timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert cmdline.rstrip(b"\0").split(b"\0")[-2:] == [str(HELPER).encode(), b"store"]
     assert BOB_TOKEN.encode() not in cmdline + environ + out + err
@@ -738,6 +729,7 @@ def test_the_get_path_imports_only_what_the_thin_client_imports(setup: GitSetup)
     assert extra == {
         "modelforge_credentials.integrations",
         "modelforge_credentials.integrations.git_credential",
+        "modelforge_credentials.integrations.git_credential_wire",
     }
 
 

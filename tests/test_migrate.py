@@ -27,6 +27,7 @@ from modelforge_credentials import (
 )
 from modelforge_credentials.migrate import BACKUP_SUFFIX, MigrationError
 from modelforge_example import copilot_auth, realistic_config
+from refs_testkit import PassThroughStorage
 
 OPENAI_KEY = "sk-proj-migrate-4f1c9e2a7b"
 ACCESS_TOKEN = "ghu_migrateAccess9d8c7b6a"
@@ -107,11 +108,19 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-class FailAfterStores:
+def migrated(config_path: Path, store: CredentialStorage) -> tuple[bytes, CredentialMigrator]:
+    """The config's bytes before, and the migrator that has just migrated it."""
+    original = config_path.read_bytes()
+    migrator = CredentialMigrator(config_path, store)
+    migrator.migrate_credentials()
+    return original, migrator
+
+
+class FailAfterStores(PassThroughStorage):
     """A real storage that dies after ``budget`` successful stores (a crash)."""
 
     def __init__(self, inner: EncryptedFileStorage, budget: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.budget = budget
 
     def store(self, provider: str, key: str, value: str) -> None:
@@ -119,25 +128,6 @@ class FailAfterStores:
             raise CredentialStorageUnavailableError("injected crash between stores")
         self.budget -= 1
         self.inner.store(provider, key, value)
-
-    def retrieve(self, provider: str, key: str) -> str | None:
-        return self.inner.retrieve(provider, key)
-
-    def delete(self, provider: str, key: str) -> bool:
-        return self.inner.delete(provider, key)
-
-    def exists(self, provider: str, key: str) -> bool:
-        return self.inner.exists(provider, key)
-
-    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        return self.inner.list_keys(provider)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
 
 
 class ReadsBackWrong(FailAfterStores):
@@ -205,10 +195,7 @@ def test_rewritten_config_keeps_everything_but_secrets(
 def test_backup_is_private_and_holds_the_original(
     config_path: Path, store: EncryptedFileStorage
 ) -> None:
-    original = config_path.read_bytes()
-    migrator = CredentialMigrator(config_path, store)
-    migrator.migrate_credentials()
-
+    original, migrator = migrated(config_path, store)
     backup = backup_of(config_path)
     assert migrator.backup_path == backup
     assert backup.read_bytes() == original
@@ -382,10 +369,7 @@ def test_read_back_mismatch_is_an_error_and_keeps_config(
 def test_rollback_restores_original_and_cleans_the_store(
     config_path: Path, store: EncryptedFileStorage
 ) -> None:
-    original = config_path.read_bytes()
-    migrator = CredentialMigrator(config_path, store)
-    migrator.migrate_credentials()
-
+    original, migrator = migrated(config_path, store)
     assert migrator.rollback() == {"openai": 1, "github_copilot": 6}
 
     assert config_path.read_bytes() == original

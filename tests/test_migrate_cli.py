@@ -35,8 +35,8 @@ from modelforge_credentials import CredentialStorageError, CredentialValidationE
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.migrate import BACKUP_SUFFIX, CredentialMigrator, MigrationError
 from modelforge_example import copilot_auth, realistic_config
+from refs_testkit import TIMEOUT, PassThroughStorage
 
-TIMEOUT = 30.0
 OPENAI_KEY = "sk-proj-migcli-openai-0c4f7d2e9b"
 ACCESS_TOKEN = "ghu_migcliAccessToken5e6f7a8b"
 REFRESH_TOKEN = "ghr_migcliRefreshToken1c2d3e4f"
@@ -120,6 +120,15 @@ def configs(isolated_environment: Path, tmp_path: Path) -> tuple[Path, Path, Pat
     return global_path, local_path, project
 
 
+@pytest.fixture
+def migrated_configs(
+    agent: AgentWorkspace, configs: tuple[Path, Path, Path]
+) -> tuple[Path, Path, Path]:
+    """``configs`` after one successful ``migrate`` run in the project."""
+    assert migrate(agent, configs[2]).returncode == 0
+    return configs
+
+
 def migrate(
     ws: AgentWorkspace, cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -140,12 +149,33 @@ def assert_no_secret(*texts: str) -> None:
             assert secret not in text, "a secret value was printed"
 
 
+def migrate_ok(ws: AgentWorkspace, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``migrate`` with ``args``, which must succeed and print no secret."""
+    result = migrate(ws, cwd, *args)
+    assert result.returncode == 0, result.stderr
+    assert_no_secret(result.stdout, result.stderr)
+    return result
+
+
 def items(storage: AgentStorage) -> dict[tuple[str, str], str | None]:
     return {(p, k): storage.retrieve(p, k) for p, k in storage.list_keys()}
 
 
 def backup(path: Path) -> Path:
     return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def assert_both_as_model_forge_wrote_them(global_path: Path, local_path: Path) -> None:
+    """Both configs hold GLOBAL's and LOCAL's bytes again, and neither has a backup."""
+    assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
+    assert local_path.read_bytes() == model_forge_bytes(LOCAL)
+    assert not backup(global_path).exists() and not backup(local_path).exists()
+
+
+def assert_nothing_migrated(global_path: Path, local_path: Path, storage: AgentStorage) -> None:
+    """Both configs as model-forge wrote them, and nothing in the store."""
+    assert_both_as_model_forge_wrote_them(global_path, local_path)
+    assert storage.list_keys() == []
 
 
 # -- the CLI ---------------------------------------------------------------------------------
@@ -155,9 +185,7 @@ def test_migrates_global_and_local_and_prints_names_only(
     agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path]
 ) -> None:
     global_path, local_path, project = configs
-    result = migrate(agent, project)
-    assert result.returncode == 0, result.stderr
-    assert_no_secret(result.stdout, result.stderr)
+    result = migrate_ok(agent, project)
     out = result.stdout
     assert f"{global_path}: moved openai: api_key" in out
     assert (
@@ -182,37 +210,25 @@ def test_dry_run_changes_nothing(
     agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path]
 ) -> None:
     global_path, local_path, project = configs
-    result = migrate(agent, project, "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert_no_secret(result.stdout, result.stderr)
+    result = migrate_ok(agent, project, "--dry-run")
     assert f"{global_path}: would move openai: api_key" in result.stdout
     assert f"{local_path}: would move anthropic: api_key" in result.stdout
     assert "--rollback" not in result.stdout
-    assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
-    assert local_path.read_bytes() == model_forge_bytes(LOCAL)
-    assert not backup(global_path).exists() and not backup(local_path).exists()
-    assert storage.list_keys() == []
+    assert_nothing_migrated(global_path, local_path, storage)
 
 
 def test_rollback_restores_both_files_byte_identical(
-    agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path]
+    agent: AgentWorkspace, storage: AgentStorage, migrated_configs: tuple[Path, Path, Path]
 ) -> None:
-    global_path, local_path, project = configs
-    assert migrate(agent, project).returncode == 0
-    result = migrate(agent, project, "--rollback")
-    assert result.returncode == 0, result.stderr
-    assert_no_secret(result.stdout, result.stderr)
-    assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
-    assert local_path.read_bytes() == model_forge_bytes(LOCAL)
-    assert not backup(global_path).exists() and not backup(local_path).exists()
-    assert storage.list_keys() == []
+    global_path, local_path, project = migrated_configs
+    migrate_ok(agent, project, "--rollback")
+    assert_nothing_migrated(global_path, local_path, storage)
 
 
 def test_confirm_removes_backups_and_a_rerun_has_nothing_to_do(
-    agent: AgentWorkspace, storage: AgentStorage, configs: tuple[Path, Path, Path]
+    agent: AgentWorkspace, storage: AgentStorage, migrated_configs: tuple[Path, Path, Path]
 ) -> None:
-    global_path, local_path, project = configs
-    assert migrate(agent, project).returncode == 0
+    global_path, local_path, project = migrated_configs
     migrated = global_path.read_bytes(), local_path.read_bytes()
     result = migrate(agent, project, "--confirm")
     assert result.returncode == 0, result.stderr
@@ -241,9 +257,7 @@ def test_a_different_stored_value_is_refused_unless_overwrite(
     assert result.returncode == 2  # invalid input, not "unavailable"
     assert "openai/api_key" in result.stderr and "--overwrite" in result.stderr
     assert_no_secret(result.stdout, result.stderr)
-    assert global_path.read_bytes() == model_forge_bytes(GLOBAL)
-    assert local_path.read_bytes() == model_forge_bytes(LOCAL)
-    assert not backup(global_path).exists() and not backup(local_path).exists()
+    assert_both_as_model_forge_wrote_them(global_path, local_path)
     assert items(storage) == {("openai", "api_key"): OTHER_OPENAI_KEY}
     result = migrate(agent, project, "--overwrite")
     assert result.returncode == 0, result.stderr
@@ -327,10 +341,9 @@ def test_deeply_nested_json_is_invalid_input_not_a_traceback(
 
 
 def test_exec_after_migrate_gives_model_forge_its_key(
-    agent: AgentWorkspace, configs: tuple[Path, Path, Path]
+    agent: AgentWorkspace, migrated_configs: tuple[Path, Path, Path]
 ) -> None:
-    _, _, project = configs
-    assert migrate(agent, project).returncode == 0
+    _, _, project = migrated_configs
     check = (
         "import os; "
         f"print(os.environ['MODELFORGE_OPENAI_API_KEY'] == {OPENAI_KEY!r}, "
@@ -395,7 +408,7 @@ def test_real_model_forge_finds_the_migrated_key_under_exec(
 # -- CredentialMigrator under faults -----------------------------------------------------------
 
 
-class FaultyStorage:
+class FaultyStorage(PassThroughStorage):
     """The agent's client storage, with one injected fault.
 
     ``fail_store``: the Nth store raises (a crash between stores).
@@ -411,7 +424,7 @@ class FaultyStorage:
         garble: tuple[str, str] | None = None,
         fail_read: bool = False,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_store = fail_store
         self.garble = garble
         self.fail_read = fail_read
@@ -430,15 +443,6 @@ class FaultyStorage:
         if (provider, key) == self.garble and value is not None:
             return value + "-garbled"
         return value
-
-    def delete(self, provider: str, key: str) -> bool:
-        return self.inner.delete(provider, key)
-
-    def exists(self, provider: str, key: str) -> bool:
-        return self.inner.exists(provider, key)
-
-    def list_keys(self, provider: str | None = None) -> list[tuple[str, str]]:
-        return self.inner.list_keys(provider)
 
 
 def assert_one_authoritative_copy(config_path: Path, storage: AgentStorage) -> None:

@@ -19,8 +19,8 @@ from agent_harness import CLI, AgentWorkspace
 from modelforge_credentials import refs
 from modelforge_credentials.client.sync import AgentClient
 from modelforge_credentials.secret_env import Binding
+from refs_testkit import TIMEOUT, agent_holding
 
-TIMEOUT = 30.0
 OPENAI = "sk-proj-refs-cli-openai-91ac"
 TEAM = "team-prod-token-5e5e"
 PERCENT = "percent-secret-77d0"
@@ -39,15 +39,8 @@ UMASK_022 = ("sh", "-c", 'umask 022 && exec "$@"', "sh")
 
 @pytest.fixture
 def agent() -> Iterator[AgentWorkspace]:
-    ws = AgentWorkspace(dict(os.environ))
-    try:
-        ws.serve("--idle-timeout", "0")
-        with AgentClient(ws.socket, timeout=TIMEOUT) as client:
-            for (provider, key), value in STORED.items():
-                client.store(provider, key, value)
+    with agent_holding(dict(os.environ), STORED) as ws:
         yield ws
-    finally:
-        ws.close()
 
 
 def assert_no_secret(*texts: str) -> None:

@@ -8,8 +8,6 @@ dotenv reader behind ``exec --env-file`` and ``resolve_all``.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from modelforge_credentials.errors import (
 )
 from modelforge_credentials.secret_env import Binding
 from modelforge_credentials.validation import MAX_NAME_LENGTH
+from refs_testkit import assert_locates_without_quoting, modules_loaded_by
 
 SECRET = "sk-proj-refs-pure-SECRET-4f2a"
 
@@ -198,31 +197,6 @@ def test_references_are_listed_in_order_and_rendering_is_one_pass() -> None:
     assert template.render(values) == b"B {{ mf://b/k }} B C"
 
 
-@pytest.mark.parametrize(
-    ("template", "line", "problem"),
-    [
-        (b"ok\nkey: {{ mf://openai/api_key\n}}", 2, "does not end with }}"),
-        (b"{{ mf://openai/api_key " + SECRET.encode() + b" }}", 1, "does not end with }}"),
-        (b"a\nb\n{{ mf://my llm/k }}", 3, "'mf://my'"),
-        (b"{{ mf://openai/%ZZ }}", 1, "two hex digits"),
-        (b"{{ mf://openai }}", 1, "one / between the names"),
-        (b"{{ mf://openai/api_key/x }}", 1, "%2F"),
-        (b"{{ mf://\xff/k }}", 1, "not UTF-8"),
-        (b"{{ mf://a/%0A }}", 1, "control character"),
-    ],
-)
-def test_a_malformed_placeholder_is_an_error_with_its_line(
-    template: bytes, line: int, problem: str
-) -> None:
-    with pytest.raises(refs.TemplateError) as caught:
-        refs.Template(template)
-    message = str(caught.value)
-    assert message.startswith(f"line {line}: ")
-    assert problem in message
-    assert SECRET not in message
-    assert isinstance(caught.value, CredentialValidationError)
-
-
 @given(
     st.lists(
         st.one_of(
@@ -323,30 +297,42 @@ def test_dotenv_crlf_and_bom() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("text", "line", "problem"),
-    [
-        (f"A=1\n{SECRET}\n", 2, "expected NAME=VALUE"),
-        (f"export {SECRET}", 1, "expected NAME=VALUE"),
-        (f"my-var={SECRET}", 1, "not a valid environment variable name"),
-        (f"1ABC={SECRET}", 1, "not a valid environment variable name"),
-        (f"={SECRET}", 1, "not a valid environment variable name"),
-        (f"A=1\nB=2\nC='{SECRET}\n\n", 3, "opening ' is never closed"),
-        (f'A="{SECRET}\\"', 1, 'opening " is never closed'),
-        (f'A="x"{SECRET}', 1, "only a # comment may follow"),
-        (f"A='x\ny' {SECRET}", 2, "only a # comment may follow"),
-        (f"A={SECRET}\0", 1, "NUL character"),
-    ],
-)
-def test_malformed_dotenv_lines_give_the_line_never_the_text(
-    text: str, line: int, problem: str
+#: A template (bytes) or the dotenv file app.env (text), what its error starts
+#: with, and what the error names. No message may quote the line: it may hold a secret.
+MALFORMED_INPUT = [
+    (b"ok\nkey: {{ mf://openai/api_key\n}}", "line 2: ", "does not end with }}"),
+    (b"{{ mf://openai/api_key " + SECRET.encode() + b" }}", "line 1: ", "does not end with }}"),
+    (b"a\nb\n{{ mf://my llm/k }}", "line 3: ", "'mf://my'"),
+    (b"{{ mf://openai/%ZZ }}", "line 1: ", "two hex digits"),
+    (b"{{ mf://openai }}", "line 1: ", "one / between the names"),
+    (b"{{ mf://openai/api_key/x }}", "line 1: ", "%2F"),
+    (b"{{ mf://\xff/k }}", "line 1: ", "not UTF-8"),
+    (b"{{ mf://a/%0A }}", "line 1: ", "control character"),
+    (f"A=1\n{SECRET}\n", "app.env, line 2: ", "expected NAME=VALUE"),
+    (f"export {SECRET}", "app.env, line 1: ", "expected NAME=VALUE"),
+    (f"my-var={SECRET}", "app.env, line 1: ", "not a valid environment variable name"),
+    (f"1ABC={SECRET}", "app.env, line 1: ", "not a valid environment variable name"),
+    (f"={SECRET}", "app.env, line 1: ", "not a valid environment variable name"),
+    (f"A=1\nB=2\nC='{SECRET}\n\n", "app.env, line 3: ", "opening ' is never closed"),
+    (f'A="{SECRET}\\"', "app.env, line 1: ", 'opening " is never closed'),
+    (f'A="x"{SECRET}', "app.env, line 1: ", "only a # comment may follow"),
+    (f"A='x\ny' {SECRET}", "app.env, line 2: ", "only a # comment may follow"),
+    (f"A={SECRET}\0", "app.env, line 1: ", "NUL character"),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "problem"), MALFORMED_INPUT)
+def test_malformed_templates_and_dotenv_lines_give_the_line_never_the_text(
+    text: bytes | str, where: str, problem: str
 ) -> None:
-    with pytest.raises(refs.EnvFileError) as caught:
-        refs.parse_dotenv(text, "app.env")
-    message = str(caught.value)
-    assert message.startswith(f"app.env, line {line}: ")
-    assert problem in message
-    assert SECRET not in message and "sk-" not in message
+    error: type[CredentialValidationError]
+    error = refs.TemplateError if isinstance(text, bytes) else refs.EnvFileError
+    with pytest.raises(error) as caught:
+        if isinstance(text, bytes):
+            refs.Template(text)
+        else:
+            refs.parse_dotenv(text, "app.env")
+    assert_locates_without_quoting(caught.value, where, problem, SECRET, "sk-")
     assert isinstance(caught.value, CredentialValidationError)
 
 
@@ -486,17 +472,18 @@ def test_resolve_all_refuses_a_nul_naming_the_variable_not_the_value() -> None:
 # -- import cost ------------------------------------------------------------------------
 
 
+#: What the reference commands must not load: the parser imports them for --help.
+HEAVY = {
+    *("typing", "dataclasses", "subprocess", "threading", "pathlib", "argparse"),
+    *("asyncio", "json", "shlex", "cryptography", "keyring"),
+    "modelforge_credentials.secret_env",
+    "modelforge_credentials.files",
+    "modelforge_credentials.client.sync",
+}
+
+
 def test_the_reference_modules_import_nothing_heavy() -> None:
-    code = (
-        "import sys\n"
-        "import modelforge_credentials.cli_refs, modelforge_credentials.refs\n"
-        "heavy = [m for m in ('typing', 'dataclasses', 'subprocess', 'threading', 'pathlib',"
-        " 'argparse', 'asyncio', 'json', 'shlex', 'cryptography', 'keyring',"
-        " 'modelforge_credentials.secret_env', 'modelforge_credentials.files',"
-        " 'modelforge_credentials.client.sync') if m in sys.modules]\n"
-        "print(heavy)\n"
+    loaded = modules_loaded_by(
+        "import modelforge_credentials.cli_refs, modelforge_credentials.refs"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert HEAVY & loaded == set()

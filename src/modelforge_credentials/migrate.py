@@ -25,79 +25,66 @@ that has the marker were written there by model-forge since (a new login
 or a refreshed token), so they are newer than the store's: a re-run moves
 them without ``overwrite``. Without the marker a different stored value may
 be the newer one, and the migration refuses.
+
+Reading and rewriting the config file itself (its sections, its look, hard
+links, the marker) is :mod:`.model_forge_config`'s; this module holds the
+plan, the conflicts and the order of work.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any
 
 from .auth_data import JSON_KEYS_KEY, encode_auth_data, read_auth_data
-from .errors import CredentialNotFoundError, CredentialStorageError, CredentialValidationError
 from .files import open_regular, write_atomic
+from .migration_errors import (
+    MigrationConflictError,
+    MigrationError,
+    NothingToRollBackError,
+    UnsafeConfigError,
+)
+from .model_forge_config import (
+    MARKER_SUFFIX,
+    SECRET_SECTIONS,
+    config_secrets,
+    dump_like,
+    load_config,
+    marker_path,
+    migration_date,
+    model_forge_configs,
+    read_config,
+    refuse_hard_links,
+    without_secrets,
+    write_marker,
+    written_meanwhile,
+)
 from .storage import CredentialStorage
 
-SECRET_SECTIONS = ("auth_data", "credentials")
+__all__ = [
+    "BACKUP_SUFFIX",
+    "MARKER_SUFFIX",
+    "MAX_ATTEMPTS",
+    "SECRET_SECTIONS",
+    "CredentialMigrator",
+    "LegacyKeyringImporter",
+    "MigrationConflictError",
+    "MigrationError",
+    "NothingToRollBackError",
+    "UnsafeConfigError",
+    "check_migrations",
+    "load_config",
+    "migration_date",
+    "model_forge_configs",
+    "secret_names",
+]
+
 BACKUP_SUFFIX = ".pre-migration.bak"
-MARKER_SUFFIX = ".migrated"
 #: Start-overs when model-forge writes the config during a migration.
 MAX_ATTEMPTS = 5
-
-
-class MigrationError(CredentialStorageError):
-    """A migration step failed; the config file was left as it was.
-
-    The message says which step and what to do (usually: fix the cause and
-    re-run, which is safe).
-    """
-
-
-class MigrationConflictError(MigrationError, CredentialValidationError):
-    """Two copies of one secret differ and nothing says which is newer.
-
-    Raised before anything is written. The message names the credentials;
-    keep the right copy (delete the other, or re-run with ``--overwrite`` to
-    let the config win).
-    """
-
-
-class UnsafeConfigError(MigrationError, CredentialValidationError):
-    """The config cannot be rewritten without leaving its secrets behind
-    (it has other hard links). The message says how to make it safe."""
-
-
-class NothingToRollBackError(MigrationError, CredentialNotFoundError):
-    """No migration backup exists for this config (never migrated, or confirmed)."""
-
-
-def model_forge_configs() -> list[Path]:
-    """model-forge's config files that exist: the global one, then the local
-    one of the current directory (model-forge uses the local one instead of
-    the global one when it exists)."""
-    candidates = (
-        Path.home() / ".config" / "model-forge" / "config.json",
-        Path.cwd() / ".model-forge" / "config.json",
-    )
-    return [path for path in candidates if path.exists()]
-
-
-def _marker_path(config: Path) -> Path:
-    target = Path(os.path.realpath(config))
-    return target.with_name(target.name + MARKER_SUFFIX)
-
-
-def migration_date(config: Path) -> str | None:
-    """When ``config`` was last left without secrets (ISO 8601), if ever."""
-    try:
-        record = json.loads(_marker_path(config).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    at = record.get("migrated_at") if isinstance(record, dict) else None
-    return at if isinstance(at, str) else None
 
 
 class CredentialMigrator:
@@ -120,7 +107,7 @@ class CredentialMigrator:
             if backup_path is not None
             else self.old_config_path.with_name(self.old_config_path.name + BACKUP_SUFFIX)
         )
-        self.marker_path = _marker_path(self.old_config_path)
+        self.marker_path = marker_path(self.old_config_path)
 
     def __repr__(self) -> str:
         return f"CredentialMigrator({str(self.old_config_path)!r})"
@@ -129,8 +116,8 @@ class CredentialMigrator:
         """True when the config file exists and still holds secrets."""
         if not self.old_config_path.exists() or self.old_config_path.stat().st_size == 0:
             return False
-        raw = _read_or_none(self.old_config_path)
-        return raw is not None and bool(_secrets(self._load(raw)))
+        raw = read_config(self.old_config_path)
+        return raw is not None and bool(config_secrets(self._load(raw)))
 
     def plan(self) -> dict[str, list[str]]:
         """Provider -> names of the keys a migration would move. No values."""
@@ -142,8 +129,8 @@ class CredentialMigrator:
 
     def conflicts(self) -> list[str]:
         """``provider/key`` names whose stored value differs from the config's."""
-        raw = _read_or_none(self.old_config_path)
-        return [] if raw is None else _conflicts(self.new_storage, _secrets(self._load(raw)))
+        raw = read_config(self.old_config_path)
+        return [] if raw is None else _conflicts(self.new_storage, config_secrets(self._load(raw)))
 
     def refused_conflicts(
         self, overwrite: bool = False, found: dict[str, dict[str, Any]] | None = None
@@ -183,37 +170,27 @@ class CredentialMigrator:
             with open_regular(self._target) as handle:
                 on_disk = handle.read()
                 read = os.fstat(handle.fileno())
-                _refuse_hard_links(self.old_config_path, read.st_nlink)
+                refuse_hard_links(self.old_config_path, read.st_nlink)
                 raw = recovered if recovered is not None else on_disk
                 if expected is not None and on_disk != expected:
                     raw = on_disk  # a newer write replaced our output: start from it
                 config = self._load(raw)
-                found = _secrets(config)
+                found = config_secrets(config)
                 counts = {provider: len(keys) for provider, keys in found.items()}
                 if dry_run or not found:
                     return counts
-                _refuse(self.refused_conflicts(overwrite, found))
-                write_atomic(self.backup_path, raw, mode=0o600)
-                for provider, keys in found.items():
-                    _store_verified(
-                        self.new_storage,
-                        provider,
-                        keys,
-                        f"the config {self.old_config_path} was not changed",
-                    )
-                if _read_or_none(self._target) != on_disk:
+                self._back_up_and_store(raw, found, overwrite)
+                if read_config(self._target) != on_disk:
                     recovered, expected = None, None
                     continue  # changed while we stored: migrate the newer content
-                output = _dump(_without_secrets(config), raw)
+                output = dump_like(without_secrets(config), raw)
                 write_atomic(self._target, output, mode=stat.S_IMODE(read.st_mode))
-                after = os.fstat(handle.fileno())
-                if (after.st_size, after.st_mtime_ns) != (read.st_size, read.st_mtime_ns):
-                    # Written into the file we just replaced: its content is
-                    # nowhere else now, so it is migrated next.
-                    handle.seek(0)
-                    recovered, expected = handle.read(), output
+                late = written_meanwhile(handle, read)
+                if late is not None:
+                    # Written into the file we just replaced: migrated next.
+                    recovered, expected = late, output
                     continue
-            self._mark()
+            write_marker(self.marker_path)
             return counts
         raise MigrationError(
             f"{self.old_config_path} kept changing while it was migrated ({MAX_ATTEMPTS} "
@@ -221,12 +198,15 @@ class CredentialMigrator:
             f"{self.backup_path}. Close model-forge and re-run the migration"
         )
 
-    def _mark(self) -> None:
-        from datetime import UTC, datetime
-
-        at = datetime.now(UTC).isoformat(timespec="seconds")
-        record = {"migrated_at": at, "by": "modelforge-agent migrate", "secrets": "none here"}
-        write_atomic(self.marker_path, (json.dumps(record) + "\n").encode("utf-8"), mode=0o600)
+    def _back_up_and_store(
+        self, raw: bytes, found: dict[str, dict[str, Any]], overwrite: bool
+    ) -> None:
+        """Steps 1 and 2: refuse conflicts, back ``raw`` up, store and verify ``found``."""
+        _refuse(self.refused_conflicts(overwrite, found))
+        write_atomic(self.backup_path, raw, mode=0o600)
+        kept = f"the config {self.old_config_path} was not changed"
+        for provider, keys in found.items():
+            _store_verified(self.new_storage, provider, keys, kept)
 
     def rollback(self) -> dict[str, int]:
         """Put the original config back and remove the migrated copies.
@@ -241,7 +221,7 @@ class CredentialMigrator:
                 "(it is removed once a migration is confirmed)"
             )
         raw = self.backup_path.read_bytes()
-        found = _secrets(self._load(raw))
+        found = config_secrets(self._load(raw))
         mode = self._target.stat().st_mode & 0o777 if self._target.exists() else 0o600
         write_atomic(self._target, raw, mode=mode)
         for provider, keys in found.items():
@@ -269,58 +249,13 @@ class CredentialMigrator:
         return load_config(self.old_config_path, raw)
 
 
-def load_config(path: Path, raw: bytes) -> dict[str, Any]:
-    """A model-forge config's JSON object; invalid input says where and what to do."""
-    try:
-        config = json.loads(raw)
-    except ValueError as err:
-        raise CredentialValidationError(
-            f"{path} is not valid JSON (line {getattr(err, 'lineno', '?')}); "
-            "fix it by hand before migrating"
-        ) from None
-    except RecursionError:
-        raise CredentialValidationError(
-            f"{path} is nested too deeply to be a model-forge config; "
-            "fix it by hand before migrating"
-        ) from None
-    if not isinstance(config, dict):
-        raise CredentialValidationError(f"{path} is not a model-forge config (not a JSON object)")
-    return config
-
-
 def secret_names(config: Path) -> dict[str, list[str]]:
     """Provider -> names of the secrets ``config`` holds. No values."""
-    raw = _read_or_none(config)
+    raw = read_config(config)
     if raw is None:
         return {}
-    found = _secrets(load_config(config, raw))
+    found = config_secrets(load_config(config, raw))
     return {provider: sorted(keys) for provider, keys in found.items()}
-
-
-def _secrets(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    providers = config.get("providers")
-    if not isinstance(providers, dict):
-        return {}
-    found: dict[str, dict[str, Any]] = {}
-    for provider, data in providers.items():
-        if not isinstance(data, dict):
-            continue
-        merged: dict[str, Any] = {}
-        for section in SECRET_SECTIONS:
-            values = data.get(section)
-            if not isinstance(values, dict):
-                continue
-            for key, value in values.items():
-                if key in merged and merged[key] != value:
-                    raise MigrationConflictError(
-                        f"provider {provider!r} has two different values for {key!r} (in "
-                        "auth_data and in credentials); keep the right one, delete the "
-                        "other from the config, and re-run the migration"
-                    )
-                merged[key] = value
-        if merged:
-            found[provider] = merged
-    return found
 
 
 def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = False) -> None:
@@ -333,10 +268,10 @@ def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = F
     merged: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], Path] = {}
     for migrator in migrators:
-        raw = _read_or_none(migrator.old_config_path)
+        raw = read_config(migrator.old_config_path)
         if raw is None:
             continue
-        found = _secrets(migrator._load(raw))
+        found = config_secrets(migrator._load(raw))
         for provider, keys in found.items():
             for key, value in keys.items():
                 known = merged.setdefault(provider, {})
@@ -349,25 +284,6 @@ def check_migrations(migrators: list[CredentialMigrator], *, overwrite: bool = F
                 known[key] = value
                 origin.setdefault((provider, key), migrator.old_config_path)
     _refuse(sorted({name for m in migrators for name in m.refused_conflicts(overwrite)}))
-
-
-def _refuse_hard_links(config: Path, links: int) -> None:
-    if links > 1:
-        raise UnsafeConfigError(
-            f"{config} has {links} hard links: rewriting it would leave the plain-text secrets "
-            f"under its other names. Nothing was changed. Find them with `find / -xdev "
-            f"-samefile {config}`, remove the others (or break the link: `cp -p {config} "
-            f"{config}.copy && mv {config}.copy {config}`), and re-run"
-        )
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    """The file's bytes, ``None`` if absent; a FIFO or device is refused."""
-    try:
-        with open_regular(path) as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def _conflicts(storage: CredentialStorage, found: dict[str, dict[str, Any]]) -> list[str]:
@@ -404,30 +320,6 @@ def _store_verified(
                 f"credential {provider}/{key} did not read back as stored; {kept}. Check "
                 "the backend (`modelforge-agent status`) and re-run the migration"
             )
-
-
-def _without_secrets(config: dict[str, Any]) -> dict[str, Any]:
-    result = dict(config)
-    providers = config.get("providers")
-    if isinstance(providers, dict):
-        result["providers"] = {
-            name: (
-                {k: v for k, v in data.items() if k not in SECRET_SECTIONS}
-                if isinstance(data, dict)
-                else data
-            )
-            for name, data in providers.items()
-        }
-    return result
-
-
-def _dump(config: dict[str, Any], original: bytes) -> bytes:
-    # Keep the file's look: model-forge writes indent=4; keep whatever the
-    # original used where it is recognisable.
-    match = re.search(rb"\n( +)\S", original)
-    indent = len(match.group(1)) if match else None
-    text = json.dumps(config, indent=indent, ensure_ascii=False)
-    return (text + ("\n" if original.endswith(b"\n") else "")).encode("utf-8")
 
 
 class LegacyKeyringImporter:

@@ -21,7 +21,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import FrameType
+from typing import Any, BinaryIO
 
 from .errors import CredentialNotFoundError, CredentialValidationError
 
@@ -208,6 +209,21 @@ class Masker:
         return data
 
 
+#: What signal.signal takes and gives back.
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+#: Signals a masked command gets as if the wrapper were not there.
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
 def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) -> int:
     """Run ``argv`` with its stdout/stderr filtered; returns the exit status.
 
@@ -216,14 +232,6 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
     have seen without it.
     """
     secrets = list(secrets)
-    forwarded = (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-    )
     started: list[subprocess.Popen[bytes]] = []
     early: list[int] = []
 
@@ -235,24 +243,19 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
 
     # Handlers go in before the command starts, so no signal meant for it
     # can kill the wrapper in between.
-    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         proc = subprocess.Popen(argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_handlers(previous)
         raise _command_error(argv, err) from None
     started.append(proc)
     for pending in early:
         proc.send_signal(pending)
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
-        threading.Thread(
-            target=_pump, args=(proc.stdout, sys.stdout.buffer, Masker(secrets)), daemon=True
-        ),
-        threading.Thread(
-            target=_pump, args=(proc.stderr, sys.stderr.buffer, Masker(secrets)), daemon=True
-        ),
+        threading.Thread(target=_pump, args=(source, sink, Masker(secrets)), daemon=True)
+        for source, sink in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))
     ]
     for pump in pumps:
         pump.start()
@@ -264,8 +267,18 @@ def run_masked(argv: list[str], env: Mapping[str, str], secrets: Iterable[str]) 
             continue
     for pump in pumps:
         pump.join()
-    for forwarded_sig, handler in previous.items():
-        signal.signal(forwarded_sig, handler)
+    _restore_handlers(previous)
+    return _exit_as(status)
+
+
+def _restore_handlers(previous: Mapping[signal.Signals, SignalHandler]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _exit_as(status: int) -> int:
+    """``status`` as the wrapper's own: a command killed by a signal kills the
+    wrapper with the same signal."""
     if status < 0:
         died_of = -status
         if died_of not in (signal.SIGKILL, signal.SIGSTOP):
