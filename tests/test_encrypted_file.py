@@ -89,6 +89,20 @@ def rewrite_header(path: Path, change: Callable[[dict[str, Any]], None]) -> byte
     return blob
 
 
+def stored_with_header(
+    make_storage: Callable[..., EncryptedFileStorage], field: str, value: object
+) -> tuple[EncryptedFileStorage, bytes]:
+    """A passphrase store holding one secret, its header's ``field`` then set
+    to ``value`` (digest recomputed); the store and the file's new bytes."""
+    storage = make_storage(PASSPHRASE)
+    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
+
+    def change(header: dict[str, Any]) -> None:
+        header[field] = value
+
+    return storage, rewrite_header(storage.path, change)
+
+
 def temp_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(".credentials.enc*.tmp"))
 
@@ -237,13 +251,7 @@ def test_unknown_version_is_a_format_error_and_file_untouched(populated: Populat
 def test_unknown_protection_is_a_format_error(
     make_storage: Callable[..., EncryptedFileStorage], protection: object
 ) -> None:
-    storage = make_storage(PASSPHRASE)
-    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
-
-    def change(header: dict[str, Any]) -> None:
-        header["protection"] = protection
-
-    blob = rewrite_header(storage.path, change)
+    storage, blob = stored_with_header(make_storage, "protection", protection)
     with pytest.raises(CredentialFormatError) as err:
         make_storage(PASSPHRASE).retrieve("openai", "api_key")
     assert_no_secret(err.value)
@@ -255,13 +263,7 @@ def test_unknown_protection_is_a_format_error(
 def test_protection_and_kdf_that_disagree_are_corruption(
     make_storage: Callable[..., EncryptedFileStorage],
 ) -> None:
-    storage = make_storage(PASSPHRASE)
-    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
-
-    def change(header: dict[str, Any]) -> None:
-        header["protection"] = "keyfile"
-
-    rewrite_header(storage.path, change)
+    storage, _ = stored_with_header(make_storage, "protection", "keyfile")
     with pytest.raises(CredentialCorruptedError, match="disagree"):
         storage.retrieve("openai", "api_key")
 
@@ -301,13 +303,7 @@ KDF_ATTACKS: dict[str, object] = {
 def test_crafted_kdf_parameters_are_refused_before_deriving(
     make_storage: Callable[..., EncryptedFileStorage], attack: str
 ) -> None:
-    storage = make_storage(PASSPHRASE)
-    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
-
-    def change(header: dict[str, Any]) -> None:
-        header["kdf"] = KDF_ATTACKS[attack]
-
-    blob = rewrite_header(storage.path, change)
+    storage, blob = stored_with_header(make_storage, "kdf", KDF_ATTACKS[attack])
     started = time.perf_counter()
     with pytest.raises(CredentialCorruptedError) as parse_err:
         fileformat.parse(blob)
@@ -326,13 +322,7 @@ def test_crafted_kdf_parameters_are_refused_before_deriving(
 def test_unknown_kdf_name_is_a_format_error(
     make_storage: Callable[..., EncryptedFileStorage],
 ) -> None:
-    storage = make_storage(PASSPHRASE)
-    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
-
-    def change(header: dict[str, Any]) -> None:
-        header["kdf"] = {"name": "bcrypt", "rounds": 12}
-
-    rewrite_header(storage.path, change)
+    stored_with_header(make_storage, "kdf", {"name": "bcrypt", "rounds": 12})
     with pytest.raises(CredentialFormatError, match="bcrypt"):
         make_storage(PASSPHRASE).retrieve("openai", "api_key")
 
@@ -340,19 +330,13 @@ def test_unknown_kdf_name_is_a_format_error(
 def test_kdf_at_the_caps_is_accepted_by_the_parser(
     make_storage: Callable[..., EncryptedFileStorage],
 ) -> None:
-    storage = make_storage(PASSPHRASE)
-    storage.store("openai", "api_key", SECRETS["openai"]["api_key"])
     at_cap = {
         "name": "argon2id",
         "memory_kib": fileformat.MAX_ARGON2_MEMORY_KIB,
         "iterations": fileformat.MAX_ARGON2_ITERATIONS,
         "lanes": fileformat.MAX_ARGON2_LANES,
     }
-
-    def change(header: dict[str, Any]) -> None:
-        header["kdf"] = at_cap
-
-    blob = rewrite_header(storage.path, change)
+    _, blob = stored_with_header(make_storage, "kdf", at_cap)
     assert fileformat.parse(blob).envelope.kdf.to_header() == at_cap
 
 

@@ -39,6 +39,23 @@ def storage(directory: Path, kdf: KdfParams, passphrase: str | None = None) -> E
     return EncryptedFileStorage(directory, passphrase=passphrase, kdf=kdf)
 
 
+@pytest.fixture
+def stored(directory: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
+    """A key-file store holding openai/api_key = sk-1."""
+    store = storage(directory, fast_kdf)
+    store.store("openai", "api_key", "sk-1")
+    return store
+
+
+@pytest.fixture
+def two_generations(directory: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
+    """A passphrase store written twice: a/k is 2, its backup holds 1."""
+    store = storage(directory, fast_kdf, PASSPHRASE)
+    store.store("a", "k", "1")
+    store.store("a", "k", "2")
+    return store
+
+
 def data_key_of(blob: bytes, kek: bytes) -> bytes:
     return fileformat.parse(blob).envelope.unwrap(kek)
 
@@ -58,24 +75,21 @@ def test_unlock_before_the_first_store_refuses_instead_of_adopting_a_typo(
 
 
 def test_unlock_of_a_key_file_store_says_there_is_no_passphrase(
-    directory: Path, fast_kdf: KdfParams
+    stored: EncryptedFileStorage,
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("openai", "api_key", "sk-1")
     with pytest.raises(NothingToUnlockError, match="no passphrase.*passwd"):
-        store.unlock("anything")
-    store.store("openai", "api_key", "sk-2")
-    assert store.protection == "keyfile"
+        stored.unlock("anything")
+    stored.store("openai", "api_key", "sk-2")
+    assert stored.protection == "keyfile"
 
 
 # -- changing protection ------------------------------------------------------------------
 
 
 def test_a_passphrase_on_a_key_file_store_leaves_nothing_the_key_file_opens(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, fast_kdf: KdfParams, stored: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("openai", "api_key", "sk-1")
+    store = stored
     store.store("openai", "api_key", "sk-2")  # now a key-file .bak exists
     old_key = store.key_path.read_bytes()
     old_data_key = data_key_of(store.path.read_bytes(), old_key)
@@ -94,11 +108,9 @@ def test_a_passphrase_on_a_key_file_store_leaves_nothing_the_key_file_opens(
 
 
 def test_a_new_passphrase_leaves_no_generation_the_old_one_opens(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, fast_kdf: KdfParams, two_generations: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf, PASSPHRASE)
-    store.store("a", "k", "1")
-    store.store("a", "k", "2")
+    store = two_generations
     store.set_passphrase("another passphrase", current=PASSPHRASE)
     assert not store.backup_path.exists()
     with pytest.raises(CredentialBadPassphraseError):
@@ -110,15 +122,13 @@ def test_a_new_passphrase_leaves_no_generation_the_old_one_opens(
 
 
 def test_a_key_file_left_by_a_crash_in_a_protection_change_goes_with_the_next_write(
-    directory: Path, fast_kdf: KdfParams
+    stored: EncryptedFileStorage,
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("a", "k", "1")
-    leftover = store.key_path.read_bytes()
-    store.set_passphrase(PASSPHRASE)
-    store.key_path.write_bytes(leftover)  # as if the crash came before its removal
-    store.store("a", "k", "2")
-    assert not store.key_path.exists()
+    leftover = stored.key_path.read_bytes()
+    stored.set_passphrase(PASSPHRASE)
+    stored.key_path.write_bytes(leftover)  # as if the crash came before its removal
+    stored.store("openai", "api_key", "sk-2")
+    assert not stored.key_path.exists()
 
 
 # -- the directory -------------------------------------------------------------------------
@@ -163,13 +173,11 @@ def damage_body(path: Path) -> None:
 
 
 def test_a_damaged_file_says_what_to_do_and_its_backup_can_be_looked_at_and_restored(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, fast_kdf: KdfParams, stored: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("openai", "api_key", "sk-1")
-    store.store("anthropic", "api_key", "sk-2")
-    damage_body(store.path)
-    damaged = store.path.read_bytes()
+    stored.store("anthropic", "api_key", "sk-2")
+    damage_body(stored.path)
+    damaged = stored.path.read_bytes()
     fresh = storage(directory, fast_kdf)
     with pytest.raises(CredentialCorruptedError) as caught:
         fresh.load()
@@ -183,11 +191,9 @@ def test_a_damaged_file_says_what_to_do_and_its_backup_can_be_looked_at_and_rest
 
 
 def test_a_damaged_file_without_backup_says_to_move_it_away(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, fast_kdf: KdfParams, stored: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("openai", "api_key", "sk-1")
-    damage_body(store.path)
+    damage_body(stored.path)
     with pytest.raises(CredentialCorruptedError, match="no backup generation.*mv "):
         storage(directory, fast_kdf).load()
     with pytest.raises(CredentialNotFoundError):
@@ -195,11 +201,9 @@ def test_a_damaged_file_without_backup_says_to_move_it_away(
 
 
 def test_a_passphrase_backup_needs_the_passphrase_and_nothing_changes_without_it(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, fast_kdf: KdfParams, two_generations: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf, PASSPHRASE)
-    store.store("a", "k", "1")
-    store.store("a", "k", "2")
+    store = two_generations
     before = store.path.read_bytes()
     fresh = storage(directory, fast_kdf)
     with pytest.raises(CredentialLockedError):
@@ -214,14 +218,13 @@ def test_a_passphrase_backup_needs_the_passphrase_and_nothing_changes_without_it
 
 
 def test_a_backup_path_that_is_a_directory_is_named_in_the_error(
-    directory: Path, fast_kdf: KdfParams
+    directory: Path, stored: EncryptedFileStorage
 ) -> None:
-    store = storage(directory, fast_kdf)
-    store.store("a", "k", "1")
+    store = stored
     before = store.path.read_bytes()
     store.backup_path.mkdir()
     with pytest.raises(CredentialStorageUnavailableError) as caught:
-        store.store("a", "k", "2")
+        store.store("openai", "api_key", "sk-2")
     assert f"{store.backup_path} is a directory" in str(caught.value)
     assert store.path.read_bytes() == before
     assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]

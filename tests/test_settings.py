@@ -8,7 +8,7 @@ import pytest
 
 from modelforge_credentials import EnvVarStorage, settings
 from modelforge_credentials.backends.auto import select_backend
-from modelforge_credentials.cli import _audit_path
+from modelforge_credentials.cli_agent import audit_path
 from modelforge_credentials.daemon.audit import default_audit_path
 
 
@@ -51,16 +51,16 @@ def test_audit_log_off_means_no_log_not_a_file_named_off(
     raw: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MODEL_FORGE_AUDIT_LOG", raw)
-    assert _audit_path(None) is None
+    assert audit_path(None) is None
 
 
 def test_audit_log_on_a_path_or_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_FORGE_AUDIT_LOG", "true")
-    assert _audit_path(None) == default_audit_path()
+    assert audit_path(None) == default_audit_path()
     monkeypatch.setenv("MODEL_FORGE_AUDIT_LOG", "/var/tmp/x.log")
-    assert _audit_path(None) == Path("/var/tmp/x.log")
-    assert _audit_path("") == default_audit_path()  # --audit-log without a path
-    assert _audit_path("/other.log") == Path("/other.log")
+    assert audit_path(None) == Path("/var/tmp/x.log")
+    assert audit_path("") == default_audit_path()  # --audit-log without a path
+    assert audit_path("/other.log") == Path("/other.log")
 
 
 def test_every_documented_setting_is_in_the_readme() -> None:

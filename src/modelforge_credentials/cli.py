@@ -7,9 +7,7 @@ no-echo prompt or standard input, never from the command line.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 from .cli_args import build_parser, quick_args
@@ -20,14 +18,13 @@ from .errors import (
     CredentialStorageError,
     CredentialValidationError,
 )
-from .paths import SOCKET_VARIABLE, socket_path
+from .paths import socket_path
 
 # Start-up time is part of every `get`: typing, pathlib, json and shlex are
 # imported by the commands that need them, not here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from pathlib import Path
     from typing import Any, TextIO
 
     from .client.sync import AgentClient
@@ -37,6 +34,25 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_UNAVAILABLE = 4
+
+#: Commands whose code lives in a module of its own, imported only when the
+#: command runs: name -> (module, function(cli) -> exit status). The rest
+#: are the ``cmd_`` methods of :class:`Cli`; cli_args.EXTENSIONS modules
+#: set ``run`` on their parsers instead.
+COMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "serve": ("cli_agent", "serve"),
+    "start": ("cli_agent", "start"),
+    "stop": ("cli_agent", "stop"),
+    "status": ("cli_agent", "show_status"),
+    "install-service": ("cli_agent", "install_service"),
+    "exec": ("cli_exec", "run_with_secrets"),
+    "passwd": ("cli_file", "passwd"),
+    "restore-backup": ("cli_file", "restore_backup"),
+    "migrate": ("cli_model_forge", "migrate"),
+    "integrate": ("cli_model_forge", "integrate"),
+    "doctor": ("cli_diagnostics", "doctor"),
+    "log": ("cli_diagnostics", "show_log"),
+}
 
 
 def exit_code_for(err: CredentialStorageError) -> int:
@@ -53,6 +69,9 @@ def exit_code_for(err: CredentialStorageError) -> int:
 
 
 class Cli:
+    """One command's run: its arguments and streams, and what every command
+    shares (the agent client, secret prompts, unlock-and-retry)."""
+
     def __init__(
         self, args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO
     ) -> None:
@@ -101,138 +120,6 @@ class Cli:
         return data[:-1] if data.endswith("\n") else data
 
     # -- commands --------------------------------------------------------------------
-
-    def cmd_serve(self) -> int:
-        from pathlib import Path
-
-        from .daemon.service import ServeOptions, run
-
-        a = self.args
-        options = ServeOptions(
-            socket=Path(a.socket) if a.socket else None,
-            cache_ttl=a.cache_ttl,
-            started_by=a.started_by,
-            ready_fd=a.ready_fd,
-            config_dir=Path(a.config_dir) if a.config_dir else None,
-            audit_log=_audit_path(a.audit_log),
-            settings_file=Path(a.settings) if a.settings else None,
-            explicit={
-                name: getattr(a, name)
-                for name in (
-                    "idle_timeout",
-                    "max_unlock",
-                    "unlock_delay_cap",
-                    "read_deadline",
-                    "max_connections",
-                    "exit_when_idle",
-                )
-            },
-        )
-        return run(options)
-
-    def cmd_start(self) -> int:
-        import shlex
-        from pathlib import Path
-
-        from .client.autostart import spawn_agent
-        from .client.sync import AgentNotRunningError
-
-        try:
-            with self.client() as client:
-                client.hello()
-                status = client.status()
-            pid = status.get("pid")
-            note = "already running"
-            self._warn_other_backend(status)
-        except AgentNotRunningError:
-            extra = []
-            if self.args.idle_timeout is not None:
-                extra += ["--idle-timeout", str(self.args.idle_timeout)]
-            if self.args.config_dir:
-                extra += ["--config-dir", self.args.config_dir]
-            log_path = Path(self.args.log) if self.args.log else None
-            pid = spawn_agent(self.socket, started_by="manual", log_path=log_path, extra_args=extra)
-            note = "started"
-        self.stdout.write(self._shell_line(shlex.quote(str(self.socket))))
-        self.stdout.write(f"echo Agent pid {pid} {note};\n")
-        return EXIT_OK
-
-    def cmd_stop(self) -> int:
-        from .client.sync import AgentNotRunningError
-
-        try:
-            with self.client() as client:
-                pid = client.status().get("pid")
-        except AgentNotRunningError:
-            self.stderr.write(f"no agent is running at {self.socket}; nothing to stop\n")
-            self._print_unset(None)
-            return EXIT_OK
-        from .client.peer import agent_pid_to_signal
-
-        # The pid is the agent's own claim: signal it only if that process is
-        # ours and holds the listening socket (else UntrustedAgentError, exit 4).
-        pid = agent_pid_to_signal(self.socket, pid)
-        import signal
-
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.args.timeout
-        while time.monotonic() < deadline:
-            if not _process_running(pid):
-                break
-            time.sleep(0.02)
-        else:
-            self.stderr.write(f"the agent (pid {pid}) did not stop; try `kill {pid}`\n")
-            return EXIT_UNAVAILABLE
-        self.stderr.write(f"stopped the agent (pid {pid})\n")
-        self._print_unset(pid)
-        return EXIT_OK
-
-    def _shell_line(self, value: str | None) -> str:
-        """The line that sets (``value``, quoted) or unsets (``None``) the
-        socket variable in the user's shell, for eval (--csh, --fish)."""
-        name = SOCKET_VARIABLE
-        if self.args.csh:
-            return f"setenv {name} {value};\n" if value else f"unsetenv {name};\n"
-        if self.args.fish:
-            return f"set -gx {name} {value};\n" if value else f"set -e {name};\n"
-        return f"{name}={value}; export {name};\n" if value else f"unset {name};\n"
-
-    def _print_unset(self, pid: int | None) -> None:
-        """For ``eval "$(modelforge-agent stop)"``, as ``ssh-agent -k`` prints."""
-        self.stdout.write(self._shell_line(None))
-        if pid is not None:
-            self.stdout.write(f"echo Agent pid {pid} stopped;\n")
-
-    def cmd_status(self) -> int:
-        import json
-
-        with self.client() as client:
-            status = client.status()
-        self._warn_other_backend(status)
-        if self.args.json:
-            json.dump(status, self.stdout, indent=2, sort_keys=True)
-            self.stdout.write("\n")
-            return EXIT_OK
-        idle = status.get("idle_timeout")
-        lines = [
-            f"agent:       running, pid {status.get('pid')}, version {status.get('version')}, "
-            f"up {_duration(status.get('uptime'))}",
-            f"socket:      {status.get('socket') or self.socket}",
-            f"started by:  {status.get('started_by')}",
-            f"backend:     {status.get('backend')} ({status.get('reason')})",
-            f"protection:  {status.get('protection')}"
-            + (f", file {status['path']}" if status.get("path") else ""),
-            f"state:       {'locked' if status.get('locked') else 'unlocked'}, "
-            f"{status.get('cached')} cached",
-            f"idle lock:   {_duration(idle) if idle else 'never'}",
-        ]
-        if status.get("protection") == "keyfile":
-            lines.append(
-                "warning:     key-file protection only stops casual reading; "
-                "set a passphrase with `modelforge-agent passwd`"
-            )
-        self.stdout.write("\n".join(lines) + "\n")
-        return EXIT_OK
 
     def cmd_unlock(self) -> int:
         passphrase = self.read_secret(
@@ -331,170 +218,11 @@ class Cli:
                 self.stdout.write("\t".join(item) + "\n")
         return EXIT_OK
 
-    def cmd_passwd(self) -> int:
-        from .cli_file import passwd
-
-        return passwd(self)
-
-    def cmd_restore_backup(self) -> int:
-        from .cli_file import restore_backup
-
-        return restore_backup(self)
-
     def cmd_completion(self) -> int:
         from .shell_files import RENDER
 
         self.stdout.write(RENDER[self.args.shell](build_parser()))
         return EXIT_OK
-
-    def cmd_install_service(self) -> int:
-        from pathlib import Path
-
-        from .services import service_files
-
-        platform = self.args.platform or sys.platform
-        home = Path.home()
-        config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-        files = service_files(platform, home, config_home, Path(self.socket))
-        for path, content in files.files.items():
-            if self.args.print:
-                text = content.decode() if isinstance(content, bytes) else content
-                self.stdout.write(f"# {path}\n{text}\n")
-                continue
-            from .files import make_private_dir, write_atomic
-
-            make_private_dir(path.parent)
-            data = content if isinstance(content, bytes) else content.encode()
-            write_atomic(path, data, mode=0o644)
-            self.stderr.write(f"wrote {path}\n")
-        if not self.args.print:
-            if platform != "darwin":
-                # The config dir exists before the sandboxed service first runs.
-                from .backends.encrypted_file import default_config_dir
-                from .files import make_private_dir
-
-                make_private_dir(default_config_dir())
-            self.stderr.write(f"enable it with:\n  {files.enable_command}\n")
-        return EXIT_OK
-
-    def cmd_exec(self) -> int:
-        from . import secret_env
-
-        argv = list(self.args.argv)
-        if argv and argv[0] == "--":
-            argv = argv[1:]
-        if not argv:
-            raise CredentialValidationError(
-                "exec needs a command: modelforge-agent exec -- CMD [ARGS...]"
-            )
-        from . import refs
-
-        overrides = [secret_env.parse_env_option(option) for option in self.args.env]
-        # Read before the agent is asked anything: a bad file is exit 2, nothing run.
-        plain, from_files = refs.env_files_bindings(self.args.env_file)
-        if not (self.args.provider or overrides or self.args.env_file or self.args.all):
-            # Least privilege, as op run and aws-vault: only what is named.
-            raise CredentialValidationError(
-                "exec injects only the secrets you name; nothing was run. Name them: "
-                "-p PROVIDER (its api_key or access_token, as model-forge and the SDKs read "
-                "them), -e VAR=PROVIDER/KEY, --env-file FILE, or pass --all to inject every "
-                "stored provider"
-            )
-        with self.client() as client:
-            values: dict[str, str] = {}
-            if self.args.provider or overrides or self.args.all:
-                names = self._with_unlock(client, lambda: client.list_keys())
-                providers = None if self.args.all else self.args.provider
-                bindings = secret_env.plan(
-                    names, providers, overrides, skip_missing=self.args.skip_missing
-                )
-                values = secret_env.resolve(
-                    bindings, client.retrieve, skip_missing=self.args.skip_missing
-                )
-            # Every reference in the files must exist: all unknown ones named at once.
-            resolved = self._with_unlock(
-                client, lambda: refs.resolve_all(from_files, client.retrieve)
-            )
-        env = dict(os.environ)
-        env.update(plain)
-        env.update(resolved)
-        env.update(values)  # -p and -e win over a file, as on op run's command line
-        if self.args.mask:
-            return secret_env.run_masked(argv, env, [*values.values(), *resolved.values()])
-        self.stdout.flush()
-        self.stderr.flush()
-        secret_env.exec_replace(argv, env)
-        return EXIT_UNAVAILABLE  # pragma: no cover - exec does not return
-
-    def cmd_migrate(self) -> int:
-        from .cli_model_forge import migrate
-
-        return migrate(self)
-
-    def cmd_integrate(self) -> int:
-        from .cli_model_forge import integrate
-
-        return integrate(self)
-
-    def cmd_doctor(self) -> int:
-        import json
-        from pathlib import Path
-
-        from .doctor import diagnose, render
-
-        report = diagnose(Path(self.socket), timeout=min(self.args.timeout, 3.0))
-        if self.args.json:
-            json.dump(report, self.stdout, indent=2, sort_keys=True)
-            self.stdout.write("\n")
-        else:
-            self.stdout.write(render(report))
-        return EXIT_OK if not report["problems"] else EXIT_UNAVAILABLE
-
-    def cmd_log(self) -> int:
-        from pathlib import Path
-
-        from .daemon.audit import default_audit_path, read_entries, render_entry, text_view
-
-        path = Path(self.args.file) if self.args.file else None
-        if path is None:
-            try:
-                with self.client() as client:
-                    configured = client.status().get("audit_log")
-                path = Path(str(configured)) if configured else None
-            except CredentialStorageError:
-                path = None
-        path = path or default_audit_path()
-        try:
-            lines = read_entries(path)
-        except FileNotFoundError:
-            self.stderr.write(
-                f"no audit log at {path}; start the agent with `serve --audit-log` "
-                "(or MODEL_FORGE_AUDIT_LOG=1) to record one\n"
-            )
-            return EXIT_NOT_FOUND
-        for line in lines[-self.args.lines :] if self.args.lines else lines:
-            if self.args.json:
-                self.stdout.write(line + "\n")  # ASCII JSON: escaped already
-                continue
-            shown = render_entry(line)
-            if shown is None:
-                shown = f"(not an entry: {text_view(line[:200])})"
-            self.stdout.write(shown + "\n")
-        return EXIT_OK
-
-    def _warn_other_backend(self, status: dict[str, Any]) -> None:
-        """MODEL_FORGE_BACKEND asks for one backend, the running agent has another."""
-        from . import settings
-
-        wanted = settings.backend()
-        running = status.get("backend")
-        if wanted and running and wanted != running:
-            self.stderr.write(
-                f"warning: {settings.BACKEND} asks for the {wanted} backend, but the running "
-                f"agent (pid {status.get('pid')}) uses {running}, chosen when it started. "
-                "To switch: `modelforge-agent stop`, then start it again with "
-                f"{settings.BACKEND} set\n"
-            )
 
     def _with_unlock(self, client: AgentClient, action: Callable[[], Any]) -> Any:
         try:
@@ -519,45 +247,8 @@ class Cli:
             return action()
 
 
-def _audit_path(option: str | None) -> Path | None:
-    """``--audit-log [PATH]`` (no PATH: the default file), else
-    ``MODEL_FORGE_AUDIT_LOG``: on (the default file), off, or a path."""
-    from pathlib import Path
-
-    from . import settings
-
-    if option is not None:
-        chosen: bool | str = option or True
-    else:
-        chosen = settings.flag_or_path(settings.AUDIT_LOG)
-    if chosen is False:
-        return None
-    if chosen is True:
-        from .daemon.audit import default_audit_path
-
-        return default_audit_path()
-    return Path(chosen)
-
-
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{provider} ({n})" for provider, n in counts.items())
-
-
-def _process_running(pid: int) -> bool:
-    """False once ``pid`` is gone or a zombie (exited, waiting to be reaped
-    by a parent that may be slow: pid 1 of a container, say)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
 
 
 def _duration(seconds: object) -> str:
@@ -571,20 +262,31 @@ def _duration(seconds: object) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def _handler(args: argparse.Namespace) -> Callable[[Cli], int]:
+    """The function that runs ``args.command``."""
+    run: Callable[[Cli], int] | None = getattr(args, "run", None)  # an EXTENSIONS command
+    if run is not None:
+        return run
+    if args.command in COMMAND_MODULES:
+        import importlib
+
+        module, function = COMMAND_MODULES[args.command]
+        found: Callable[[Cli], int] = getattr(
+            importlib.import_module(f".{module}", __package__), function
+        )
+        return found
+    method: Callable[[Cli], int] = getattr(Cli, "cmd_" + args.command.replace("-", "_"))
+    return method
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     args = quick_args(arguments)
     if args is None:
         args = build_parser().parse_args(arguments)
     cli = Cli(args, sys.stdin, sys.stdout, sys.stderr)
-    run = getattr(args, "run", None)  # a command of a cli_args.EXTENSIONS module
-    handler = (
-        (lambda: run(cli))
-        if run is not None
-        else getattr(cli, "cmd_" + args.command.replace("-", "_"))
-    )
     try:
-        return int(handler())
+        return int(_handler(args)(cli))
     except CredentialStorageError as err:
         sys.stderr.write(f"modelforge-agent {args.command}: {err}\n")
         return exit_code_for(err)

@@ -6,7 +6,7 @@ goes through ``build_parser`` (argparse, imported only then).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .paths import SOCKET_VARIABLE
 
@@ -14,8 +14,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
+    #: ``add(name, help)``: a new subcommand's parser.
+    AddCommand = Callable[[str, str], argparse.ArgumentParser]
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the global options, then the subcommands of
+    each of COMMAND_GROUPS and of each EXTENSIONS module."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -34,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help)
+
+    # The order of the groups is the order of `--help` and the shell files.
+    for add_group in COMMAND_GROUPS:
+        add_group(add)
+    for module in EXTENSIONS:
+        import importlib
+
+        importlib.import_module(f".{module}", __package__).add_commands(add)
+    return parser
+
+
+def _add_serve(add: AddCommand) -> None:
+    """``serve``: the agent in the foreground, and every option it takes."""
+    import argparse
 
     serve = add("serve", "run the agent in the foreground (for systemd, launchd, debugging)")
     serve.add_argument(
@@ -91,22 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="record an access log (default path: the state dir; or MODEL_FORGE_AUDIT_LOG)",
     )
 
+
+def _add_agent_commands(add: AddCommand) -> None:
+    """``start``, ``stop`` and ``status``: the background agent from a shell."""
     start = add(
         "start", "start the agent in the background if needed; print shell commands for eval"
     )
-    shell = start.add_mutually_exclusive_group()
-    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
-    shell.add_argument("--fish", action="store_true", help="print fish commands")
+    _add_shell_syntax(start)
     start.add_argument("--idle-timeout", type=float, default=None, help="as for serve")
     start.add_argument("--config-dir", default=None, help="as for serve")
     start.add_argument("--log", default=None, help="append the agent's log to this file")
 
     stop = add("stop", "stop the running agent; print shell commands that unset its variable")
-    shell = stop.add_mutually_exclusive_group()
-    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
-    shell.add_argument("--fish", action="store_true", help="print fish commands")
+    _add_shell_syntax(stop)
     status = add("status", "show the agent's state, backend and protection")
     status.add_argument("--json", action="store_true")
+
+
+def _add_shell_syntax(command: argparse.ArgumentParser) -> None:
+    shell = command.add_mutually_exclusive_group()
+    shell.add_argument("-c", "--csh", action="store_true", help="print csh commands")
+    shell.add_argument("--fish", action="store_true", help="print fish commands")
+
+
+def _add_store_commands(add: AddCommand) -> None:
+    """The store's values and its passphrase: ``unlock`` to ``passwd``."""
+    import argparse
+
     add("unlock", "unlock with the passphrase (prompt, or one line of stdin)")
     add("lock", "lock: forget the passphrase and every cached value")
     for name, help in (
@@ -144,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--config-dir", default=None, help="when no agent runs: the file's directory"
     )
+
+
+def _add_exec(add: AddCommand) -> None:
+    """``exec``: a command run with named secrets in its environment."""
+    import argparse
+
     run = add("exec", "run a command with secrets in its environment only")
     run.add_argument(
         "-p",
@@ -180,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
+
+def _add_model_forge_commands(add: AddCommand) -> None:
+    """``migrate`` and ``integrate``: model-forge's secrets and its link to the agent."""
     migrate = add("migrate", "move secrets out of model-forge config files into the agent")
     migrate.add_argument(
         "--config",
@@ -224,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--print", action="store_true", help="show what would be written where; change nothing"
     )
 
+
+def _add_repair_commands(add: AddCommand) -> None:
+    """``restore-backup``, ``doctor`` and ``log``: after damage, and to find out why."""
     restore = add(
         "restore-backup",
         "put the encrypted file's previous generation back (after damage); shows it first",
@@ -244,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--file", default=None, help="log file (default: the running agent's)")
     audit.add_argument("--json", action="store_true", help="raw JSON lines")
 
+
+def _add_setup_commands(add: AddCommand) -> None:
+    """``completion`` and ``install-service``: files for the shell and the service manager."""
+    import argparse
+
     completion = add(
         "completion", "print the shell completion script (or the man page) for this command"
     )
@@ -258,11 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--platform", choices=["linux", "darwin"], default=None, help=argparse.SUPPRESS
     )
-    for module in EXTENSIONS:
-        import importlib
 
-        importlib.import_module(f".{module}", __package__).add_commands(add)
-    return parser
+
+#: Each adds one group of subcommands, in this order.
+COMMAND_GROUPS: tuple[Callable[[AddCommand], None], ...] = (
+    _add_serve,
+    _add_agent_commands,
+    _add_store_commands,
+    _add_exec,
+    _add_model_forge_commands,
+    _add_repair_commands,
+    _add_setup_commands,
+)
 
 
 #: Modules that add commands of their own: each has ``add_commands(add)``,

@@ -15,66 +15,99 @@ def _problem(report: dict[str, Any], what: str, fix: str) -> None:
 
 
 def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
-    from .backends.auto import BACKEND_VARIABLE, file_usable, keyring_usable, select_backend
-    from .backends.encrypted_file import CREDENTIALS_FILE, default_config_dir
-    from .backends.env import EnvVarStorage
+    """Every check, in order: each backend, the selection, the socket and
+    the agent, the teams, model-forge's configs. ``problems`` lists what
+    failed, each with its fix."""
+    from .backends.auto import BACKEND_VARIABLE
+    from .backends.encrypted_file import default_config_dir
 
     report: dict[str, Any] = {"problems": [], "backends": {}}
+    config_dir = default_config_dir()
+    report["backends"]["keyring"] = _keyring_report()
+    report["backends"]["encrypted-file"] = _file_report(report, config_dir)
+    report["backends"]["env"] = _env_report()
+    report["selected"] = _selection_report(report)
+    report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
+    report["socket"] = _socket_report(report, socket_path, timeout)
+    report["teams"] = _team_report(report, config_dir, socket_path, timeout)
+    report["model_forge_configs"] = _config_report(report)
+    return report
+
+
+def _keyring_report() -> dict[str, Any]:
+    """Whether the system keyring works, and if not whether D-Bus is why."""
+    from .backends.auto import keyring_usable
 
     bus = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
     ok, why = keyring_usable()
-    keyring_info: dict[str, Any] = {"usable": ok, "detail": why, "dbus_session": bool(bus)}
+    info: dict[str, Any] = {"usable": ok, "detail": why, "dbus_session": bool(bus)}
     if not ok and not bus and os.name == "posix" and not _is_macos():
-        keyring_info["detail"] = f"{why}; no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
+        info["detail"] = f"{why}; no D-Bus session (DBUS_SESSION_BUS_ADDRESS is unset)"
     elif not ok and bus:
         answering = _bus_answers(bus)
-        keyring_info["dbus_answers"] = answering
-        keyring_info["detail"] = (
+        info["dbus_answers"] = answering
+        info["detail"] = (
             f"{why}; no Secret Service on the session bus (start gnome-keyring or KWallet)"
             if answering
             else f"{why}; the D-Bus session bus at {bus} does not answer"
         )
-    report["backends"]["keyring"] = keyring_info
+    return info
 
-    config_dir = default_config_dir()
+
+def _file_report(report: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """The encrypted file: usable, its mode, and its directory's owner and mode."""
+    from .backends.auto import file_usable
+    from .backends.encrypted_file import CREDENTIALS_FILE
+
     ok, why = file_usable(config_dir)
     path = config_dir / CREDENTIALS_FILE
-    file_info: dict[str, Any] = {
-        "usable": ok,
-        "detail": why,
-        "path": str(path),
-        "exists": path.exists(),
-    }
+    info: dict[str, Any] = {"usable": ok, "detail": why, "path": str(path), "exists": path.exists()}
     if path.exists():
-        file_info["mode"] = f"{stat.S_IMODE(path.stat().st_mode):o}"
+        info["mode"] = f"{stat.S_IMODE(path.stat().st_mode):o}"
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             _problem(report, f"{path} is readable by others", f"chmod 600 {path}")
-        try:
-            from .backends.encrypted_file import EncryptedFileStorage
+        _check_file_opens(report, config_dir, info)
+    _check_config_dir(report, config_dir)
+    if not ok:
+        _problem(
+            report,
+            f"the encrypted file cannot be used: {why}",
+            "set MODEL_FORGE_CONFIG_DIR to a writable directory",
+        )
+    return info
 
-            storage = EncryptedFileStorage(config_dir)
-            file_info["protection"] = storage.protection  # the header, digest checked
-            if file_info["protection"] == "keyfile":
-                storage.load()  # no passphrase needed: decrypt, so damage shows now
-                file_info["verified"] = "whole file"
-                _problem(
-                    report,
-                    "the encrypted file is protected by a key file beside it "
-                    "(that stops casual reading only)",
-                    "set a passphrase: modelforge-agent passwd",
-                )
-            else:
-                file_info["verified"] = "header (the body is checked when unlocked)"
-        except CredentialStorageError as err:
-            file_info["error"] = str(err)
-            damaged = isinstance(err, CredentialCorruptedError)
+
+def _check_file_opens(report: dict[str, Any], config_dir: Path, info: dict[str, Any]) -> None:
+    """Read the file's header (and a key-file store's whole body): damage shows now."""
+    from .backends.encrypted_file import EncryptedFileStorage
+
+    try:
+        storage = EncryptedFileStorage(config_dir)
+        info["protection"] = storage.protection  # the header, digest checked
+        if info["protection"] == "keyfile":
+            storage.load()  # no passphrase needed: decrypt, so damage shows now
+            info["verified"] = "whole file"
             _problem(
                 report,
-                f"the encrypted file cannot be read: {err}",
-                "modelforge-agent restore-backup --dry-run, then modelforge-agent restore-backup"
-                if damaged
-                else "see the message",
+                "the encrypted file is protected by a key file beside it "
+                "(that stops casual reading only)",
+                "set a passphrase: modelforge-agent passwd",
             )
+        else:
+            info["verified"] = "header (the body is checked when unlocked)"
+    except CredentialStorageError as err:
+        info["error"] = str(err)
+        damaged = isinstance(err, CredentialCorruptedError)
+        _problem(
+            report,
+            f"the encrypted file cannot be read: {err}",
+            "modelforge-agent restore-backup --dry-run, then modelforge-agent restore-backup"
+            if damaged
+            else "see the message",
+        )
+
+
+def _check_config_dir(report: dict[str, Any], config_dir: Path) -> None:
     from .files import UnsafeDirectoryError, check_own_directory
 
     try:
@@ -87,36 +120,29 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
             _problem(
                 report, f"{config_dir} is readable by group or others", f"chmod 700 {config_dir}"
             )
-    if not ok:
-        _problem(
-            report,
-            f"the encrypted file cannot be used: {why}",
-            "set MODEL_FORGE_CONFIG_DIR to a writable directory",
-        )
-    report["backends"]["encrypted-file"] = file_info
+
+
+def _env_report() -> dict[str, Any]:
+    from .backends.env import EnvVarStorage
 
     env_names = EnvVarStorage().list_keys()
-    report["backends"]["env"] = {"usable": bool(env_names), "variables": len(env_names)}
+    return {"usable": bool(env_names), "variables": len(env_names)}
+
+
+def _selection_report(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The backend an agent started now would choose, and why."""
+    from .backends.auto import select_backend
 
     try:
         selection = select_backend()
-        report["selected"] = {
-            "backend": selection.storage.name,
-            "reason": selection.reason,
-        }
     except CredentialStorageError as err:
-        report["selected"] = None
         _problem(
             report,
             f"no backend is usable: {err}",
             "install a keyring, or set MODEL_FORGE_CONFIG_DIR",
         )
-    report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
-
-    report["socket"] = _socket_report(report, socket_path, timeout)
-    report["teams"] = _team_report(report, config_dir, socket_path, timeout)
-    report["model_forge_configs"] = _config_report(report)
-    return report
+        return None
+    return {"backend": selection.storage.name, "reason": selection.reason}
 
 
 def _config_report(report: dict[str, Any]) -> list[dict[str, Any]]:

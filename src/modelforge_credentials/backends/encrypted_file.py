@@ -10,6 +10,8 @@ Files in ``config_dir`` (created 0700)::
 Only a missing file means "no credentials". Anything unreadable raises, and
 no write happens while the file cannot be read, so a wrong passphrase or a
 damaged file never turns into an empty store that the next ``store`` saves.
+The keys that open the file live in :mod:`.file_keys`; the backup
+generation's inspection and restore in :mod:`.file_backup`.
 """
 
 from __future__ import annotations
@@ -17,54 +19,29 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import (
-    CredentialBadPassphraseError,
-    CredentialCorruptedError,
-    CredentialFormatError,
-    CredentialLockedError,
-    CredentialNotFoundError,
-    CredentialStorageUnavailableError,
-    CredentialValidationError,
-)
+from ..errors import CredentialStorageUnavailableError
 from ..files import (
     check_own_directory,
     exclusive_lock,
-    fsync_dir,
     make_private_dir,
     open_regular,
     remove_stale_temps,
-    temp_path_for,
     write_atomic,
-    write_new_private,
 )
 from ..validation import select_names, validate_pair, validate_value
 from . import fileformat
+from .file_backup import BackupGeneration, BackupInfo
+from .file_keys import FileKeys, passphrase_bytes
+from .file_keys import NothingToUnlockError as NothingToUnlockError  # where callers import it
 from .fileformat import KEYFILE, PASSPHRASE, Credentials, Envelope, KdfParams
 
 CREDENTIALS_FILE = "credentials.enc"
 KEY_FILE = "credentials.key"
 CONFIG_DIR_VARIABLE = "MODEL_FORGE_CONFIG_DIR"
-DAMAGED_SUFFIX = ".damaged"
-
-
-class NothingToUnlockError(CredentialValidationError):
-    """``unlock`` on a store without a passphrase: none exists yet, or it is
-    protected by a key file. ``modelforge-agent passwd`` sets one (asking
-    twice), so a typo can never become the only key."""
-
-
-class BackupInfo(NamedTuple):
-    """What the backup generation holds: names only, never values."""
-
-    path: Path
-    modified: float
-    protection: str
-    names: list[tuple[str, str]]
 
 
 def default_config_dir() -> Path:
@@ -78,12 +55,6 @@ def default_config_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_config_path("model-forge", appauthor=False)
-
-
-def _passphrase_bytes(passphrase: str) -> bytes:
-    if not isinstance(passphrase, str) or not passphrase:
-        raise CredentialValidationError("the passphrase must be a non-empty string")
-    return passphrase.encode("utf-8")
 
 
 class EncryptedFileStorage:
@@ -110,12 +81,13 @@ class EncryptedFileStorage:
         self.backup_path = self.config_dir / (CREDENTIALS_FILE + ".bak")
         self.lock_path = self.config_dir / (CREDENTIALS_FILE + ".lock")
         self.key_path = self.config_dir / KEY_FILE
-        self._kdf = kdf or KdfParams()
-        self._passphrase = _passphrase_bytes(passphrase) if passphrase is not None else None
-        # KEKs derived so far, by (protection, kdf, salt): re-reading a file
-        # that another process rewrote must not cost another Argon2id run.
-        self._keks: dict[tuple[str, KdfParams, bytes], bytes] = {}
-        self._mutex = threading.Lock()
+        self._keys = FileKeys(
+            self.path,
+            self.key_path,
+            kdf or KdfParams(),
+            passphrase_bytes(passphrase) if passphrase is not None else None,
+        )
+        self._backup = BackupGeneration(self.path, self.backup_path, self._keys)
         # Set when a write merged what another process had written since our
         # last read: the file's stamp is then our own, so a reader of
         # changed_since_last_access() must be told once.
@@ -190,8 +162,8 @@ class EncryptedFileStorage:
             self._state = None
             return None
         parsed, stamp = read
-        data_key = self._data_key(parsed.envelope)
-        with self._explain_damage():
+        data_key = self._keys.data_key(parsed.envelope)
+        with self._backup.explain_damage():
             credentials = parsed.decrypt(data_key)
         self._state = _State(stamp, parsed.envelope, data_key, credentials)
         return self._state
@@ -216,7 +188,7 @@ class EncryptedFileStorage:
         read = self._read_parsed()
         if read is not None:
             return read[0].envelope.protection
-        return PASSPHRASE if self._passphrase is not None else KEYFILE
+        return PASSPHRASE if self._keys.passphrase is not None else KEYFILE
 
     @property
     def locked(self) -> bool:
@@ -224,7 +196,7 @@ class EncryptedFileStorage:
         read = self._read_parsed()
         if read is None or read[0].envelope.protection != PASSPHRASE:
             return False
-        return read[0].envelope.kek_id not in self._keks and self._passphrase is None
+        return not self._keys.opens(read[0].envelope)
 
     def unlock(self, passphrase: str) -> None:
         """Check ``passphrase`` against the file and keep it for this session.
@@ -234,33 +206,13 @@ class EncryptedFileStorage:
         :class:`NothingToUnlockError` when there is no file yet or it has no
         passphrase (:meth:`set_passphrase` sets one).
         """
-        secret = _passphrase_bytes(passphrase)
+        secret = passphrase_bytes(passphrase)
         read = self._read_parsed()
-        if read is None:
-            # Adopting it would make an unconfirmed first passphrase (a typo)
-            # the only key to everything stored next.
-            raise NothingToUnlockError(
-                f"there is no encrypted store at {self.path} yet, so nothing to unlock. To "
-                "protect it with a passphrase, run `modelforge-agent passwd` (it asks twice); "
-                "without one it is protected by a key file"
-            )
-        envelope = read[0].envelope
-        if envelope.protection != PASSPHRASE:
-            raise NothingToUnlockError(
-                f"{self.path} has no passphrase (key-file protection), so there is nothing to "
-                "unlock. Set one with `modelforge-agent passwd`"
-            )
-        kek = envelope.kdf.derive(secret, envelope.salt)
-        envelope.unwrap(kek)
-        with self._mutex:
-            self._keks[envelope.kek_id] = kek
-        self._passphrase = secret
+        self._keys.unlock(read[0].envelope if read is not None else None, secret)
 
     def lock(self) -> None:
         """Forget the passphrase, every derived key and every decrypted value."""
-        with self._mutex:
-            self._keks.clear()
-        self._passphrase = None
+        self._keys.forget()
         self._state = None
 
     def set_passphrase(self, new: str | None, current: str | None = None) -> None:
@@ -273,7 +225,7 @@ class EncryptedFileStorage:
         the old protection. On a store that does not exist yet this creates
         an empty one with the new protection.
         """
-        new_secret = _passphrase_bytes(new) if new is not None else None
+        new_secret = passphrase_bytes(new) if new is not None else None
         if current is not None and self.protection == PASSPHRASE:
             self.unlock(current)
         make_private_dir(self.config_dir)
@@ -282,36 +234,13 @@ class EncryptedFileStorage:
             read = self._read_parsed()
             credentials: Credentials = {}
             if read is not None:
-                credentials = read[0].decrypt(self._data_key(read[0].envelope))
+                credentials = read[0].decrypt(self._keys.data_key(read[0].envelope))
             data_key = os.urandom(fileformat.KEY_SIZE)
-            with self._mutex:
-                self._keks.clear()
-            envelope = self._new_envelope(data_key, new_secret)
+            self._keys.forget_keks()
+            envelope = self._keys.new_envelope(data_key, new_secret)
             self._write(envelope, data_key, credentials, keep_backup=False)
-            self._drop_old_protection(envelope, backup=True)
-        self._passphrase = new_secret
-
-    def _drop_old_protection(self, envelope: Envelope, *, backup: bool) -> None:
-        """Remove what the old protection still opens: the ``backup``
-        generation, and a key file beside a passphrase-protected store (also
-        one a crash in a protection change left behind)."""
-        stale = [self.backup_path] if backup else []
-        if envelope.protection == PASSPHRASE:
-            stale.append(self.key_path)
-        removed = False
-        for path in stale:
-            try:
-                path.unlink()
-                removed = True
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                raise CredentialStorageUnavailableError(
-                    f"cannot remove {path}, which the old protection still opens: "
-                    f"{err.strerror}; remove it by hand"
-                ) from err
-        if removed:
-            fsync_dir(self.config_dir)
+            self._keys.drop_old_protection(envelope, self.backup_path)
+        self._keys.passphrase = new_secret
 
     def inspect_backup(self, passphrase: str | None = None) -> BackupInfo:
         """Open the backup generation: its names, age and protection.
@@ -321,9 +250,7 @@ class EncryptedFileStorage:
         when there is no backup, and the usual errors when it cannot be
         opened (wrong passphrase, damaged too).
         """
-        credentials, protection, modified = self._open_backup(passphrase)
-        names = sorted((p, k) for p, keys in credentials.items() for k in keys)
-        return BackupInfo(self.backup_path, modified, protection, names)
+        return self._backup.inspect(passphrase)
 
     def restore_backup(self, passphrase: str | None = None) -> Path | None:
         """Put the backup generation back as the store, under the file lock.
@@ -336,39 +263,9 @@ class EncryptedFileStorage:
         make_private_dir(self.config_dir)
         self._check_directory()
         with exclusive_lock(self.lock_path):
-            self._open_backup(passphrase)
-            with open_regular(self.backup_path) as handle:
-                blob = handle.read()
-            kept: Path | None = self.path.with_name(self.path.name + DAMAGED_SUFFIX)
-            try:
-                os.replace(self.path, kept)  # type: ignore[arg-type]
-            except FileNotFoundError:
-                kept = None
-            write_atomic(self.path, blob)
+            kept = self._backup.restore(passphrase)
             self._state = None
         return kept
-
-    def _open_backup(self, passphrase: str | None) -> tuple[Credentials, str, float]:
-        try:
-            with open_regular(self.backup_path) as handle:
-                blob = handle.read()
-                modified = os.fstat(handle.fileno()).st_mtime
-        except FileNotFoundError:
-            raise CredentialNotFoundError(
-                f"there is no backup generation at {self.backup_path}"
-            ) from None
-        parsed = fileformat.parse(blob)
-        envelope = parsed.envelope
-        if envelope.protection == KEYFILE:
-            kek = self._read_keyfile()
-        else:
-            secret = _passphrase_bytes(passphrase) if passphrase is not None else self._passphrase
-            if secret is None:
-                raise CredentialLockedError(
-                    f"{self.backup_path} is protected by a passphrase: give it to open the backup"
-                )
-            kek = envelope.kdf.derive(secret, envelope.salt)
-        return parsed.decrypt(envelope.unwrap(kek)), envelope.protection, modified
 
     def describe(self) -> dict[str, Any]:
         """Backend, path and protection, for status displays. No secrets."""
@@ -417,122 +314,11 @@ class EncryptedFileStorage:
             raise CredentialStorageUnavailableError(
                 f"cannot read {self.path}: {err.strerror}; check its permissions"
             ) from err
-        with self._explain_damage():
+        with self._backup.explain_damage():
             return fileformat.parse(blob), stamp
 
     def _check_directory(self) -> None:
         check_own_directory(self.config_dir, CONFIG_DIR_VARIABLE)
-
-    @contextlib.contextmanager
-    def _explain_damage(self) -> Iterator[None]:
-        """A damaged file's error says what to do next: restore the backup."""
-        try:
-            yield
-        except CredentialFormatError:
-            raise  # a newer format: the message says to upgrade
-        except CredentialCorruptedError as err:
-            raise CredentialCorruptedError(f"{self.path}: {err}; {self._restore_hint()}") from None
-
-    def _restore_hint(self) -> str:
-        try:
-            age = _age(self.backup_path.stat().st_mtime)
-        except OSError:
-            return (
-                f"there is no backup generation ({self.backup_path.name}): move the damaged "
-                f"file away (mv {self.path} {self.path}{DAMAGED_SUFFIX}) and store your "
-                "secrets again"
-            )
-        return (
-            f"the previous generation ({self.backup_path.name}, written {age}) may be intact: "
-            "`modelforge-agent restore-backup --dry-run` shows what it holds, "
-            "`modelforge-agent restore-backup` puts it back"
-        )
-
-    def _data_key(self, envelope: Envelope) -> bytes:
-        if envelope.protection == KEYFILE:
-            # Read every time: a write under a remembered key after the key
-            # file was deleted would produce a file nobody can open again.
-            return envelope.unwrap(self._read_keyfile())
-        with self._mutex:
-            kek = self._keks.get(envelope.kek_id)
-        if kek is None:
-            kek = self._derive_kek(envelope)
-        data_key = envelope.unwrap(kek)
-        with self._mutex:
-            self._keks[envelope.kek_id] = kek
-        return data_key
-
-    def _derive_kek(self, envelope: Envelope) -> bytes:
-        if envelope.protection == KEYFILE:
-            return self._read_keyfile()
-        if self._passphrase is None:
-            raise CredentialLockedError(
-                f"{self.path} is protected by a passphrase: unlock it with "
-                "`modelforge-agent unlock` (or pass passphrase=...)"
-            )
-        return envelope.kdf.derive(self._passphrase, envelope.salt)
-
-    def _read_keyfile(self) -> bytes:
-        try:
-            key = self.key_path.read_bytes()
-        except FileNotFoundError:
-            raise CredentialBadPassphraseError(
-                f"the key file {self.key_path} is missing; restore it from a backup "
-                "(the credentials file cannot be opened without it)"
-            ) from None
-        except OSError as err:
-            raise CredentialStorageUnavailableError(
-                f"cannot read {self.key_path}: {err.strerror}; check its permissions"
-            ) from err
-        if len(key) != fileformat.KEY_SIZE:
-            raise CredentialCorruptedError(
-                f"the key file {self.key_path} has the wrong size; restore it from a backup"
-            )
-        return key
-
-    def _new_envelope(self, data_key: bytes, passphrase: bytes | None) -> Envelope:
-        salt = os.urandom(fileformat.SALT_SIZE)
-        if passphrase is not None:
-            kek = self._kdf.derive(passphrase, salt)
-            envelope = Envelope.seal(PASSPHRASE, self._kdf, salt, kek, data_key)
-        else:
-            kek = self._ensure_keyfile()
-            envelope = Envelope.seal(KEYFILE, KdfParams(name=KEYFILE), salt, kek, data_key)
-        with self._mutex:
-            self._keks[envelope.kek_id] = kek
-        return envelope
-
-    def _ensure_keyfile(self) -> bytes:
-        """The key file's key, creating the file if needed (called under the lock).
-
-        The key is written to a temp file and hard-linked into place, which
-        fails if the name exists: a crash leaves no key file or a complete
-        one, never a short one that would lock the store out for good.
-        """
-        if self.key_path.exists() and not self.path.exists():
-            try:
-                return self._read_keyfile()
-            except CredentialCorruptedError:
-                # Nothing is encrypted with a damaged key yet: replace it.
-                self.key_path.unlink()
-        temp = temp_path_for(self.key_path)
-        try:
-            write_new_private(temp, os.urandom(fileformat.KEY_SIZE))
-            try:
-                os.link(temp, self.key_path)
-            except FileExistsError:
-                pass
-            else:
-                fsync_dir(self.config_dir)
-        except OSError as err:
-            raise CredentialStorageUnavailableError(
-                f"cannot create the key file {self.key_path}: {err.strerror}; "
-                "check free space and the directory's permissions"
-            ) from err
-        finally:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-        return self._read_keyfile()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Credentials]:
@@ -544,20 +330,20 @@ class EncryptedFileStorage:
             state = self._current(merging=True)
             if state is None:
                 data_key = os.urandom(fileformat.KEY_SIZE)
-                envelope = self._new_envelope(data_key, self._passphrase)
+                envelope = self._keys.new_envelope(data_key, self._keys.passphrase)
                 credentials: Credentials = {}
             else:
                 envelope, data_key = state.envelope, state.data_key
                 if envelope.protection == KEYFILE:
                     # Never write under a remembered key the key file no
                     # longer opens: nobody could read the result.
-                    envelope.unwrap(self._read_keyfile())
+                    envelope.unwrap(self._keys.read_keyfile())
                 # A copy: if the write fails, memory must still match the disk.
                 credentials = {p: dict(keys) for p, keys in state.credentials.items()}
             yield credentials
             self._write(envelope, data_key, credentials)
             if envelope.protection == PASSPHRASE and self.key_path.exists():
-                self._drop_old_protection(envelope, backup=False)
+                self._keys.drop_old_protection(envelope)
 
     def _write(
         self,
@@ -580,17 +366,6 @@ class _State(NamedTuple):
     envelope: Envelope
     data_key: bytes
     credentials: Credentials
-
-
-def _age(mtime: float) -> str:
-    import time
-
-    seconds = max(0, int(time.time() - mtime))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    return f"{seconds} seconds ago"
 
 
 def _stamp(info: os.stat_result) -> tuple[int, int, int]:
