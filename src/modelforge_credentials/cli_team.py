@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .cli import Cli
     from .client.sync import AgentClient
-    from .protocol import TeamOp
+    from .protocol import AnyOp
 
 
 def add_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -69,13 +69,8 @@ def _config_dir() -> Path:
     return default_config_dir()
 
 
-def call(client: AgentClient, op: TeamOp, **fields: Any) -> dict[str, object]:
-    from typing import cast
-
-    from .protocol import Op
-
-    # AgentClient.call is typed for the core ops; the team ops share its path.
-    return client.call(cast(Op, op), **fields)
+def call(client: AgentClient, op: AnyOp, **fields: Any) -> dict[str, object]:
+    return client.call(op, **fields)
 
 
 def _tell_agent(cli: Cli) -> str:

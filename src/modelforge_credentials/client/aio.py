@@ -23,8 +23,8 @@ from ..errors import (
 )
 from ..paths import socket_path
 from ..protocol import (
+    AnyOp,
     FrameDecoder,
-    Op,
     ProtocolError,
     RemoteError,
     encode_request,
@@ -45,7 +45,7 @@ class AsyncAgentClient:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: collections.deque[tuple[int, Op, asyncio.Future[dict[str, object]]]] = (
+        self._pending: collections.deque[tuple[int, AnyOp, asyncio.Future[dict[str, object]]]] = (
             collections.deque()
         )
         self._reader_task: asyncio.Task[None] | None = None
@@ -109,7 +109,7 @@ class AsyncAgentClient:
         self._reader = self._writer = None
         self._reader_task = None
 
-    async def call(self, op: Op, **fields: Any) -> dict[str, object]:
+    async def call(self, op: AnyOp, **fields: Any) -> dict[str, object]:
         await self.connect()
         assert self._writer is not None
         if self._failure is not None:

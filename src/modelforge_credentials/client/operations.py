@@ -10,7 +10,7 @@ and nothing heavy to import (the thin client loads this on every ``get``).
 from __future__ import annotations
 
 from ..errors import AgentProtocolError
-from ..protocol import PROTOCOL_VERSION, Op
+from ..protocol import PROTOCOL_VERSION, AnyOp, Op
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class Operation:
 
     __slots__ = ("op", "fields", "decode")
 
-    def __init__(self, op: Op, decode: Callable[[Result], Any], **fields: object) -> None:
+    def __init__(self, op: AnyOp, decode: Callable[[Result], Any], **fields: object) -> None:
         self.op = op
         self.fields = fields
         self.decode = decode

@@ -15,8 +15,8 @@ from ..errors import (
 )
 from ..paths import socket_path
 from ..protocol import (
+    AnyOp,
     FrameDecoder,
-    Op,
     ProtocolError,
     RemoteError,
     encode_request,
@@ -134,7 +134,7 @@ class AgentClient:
         if sock is not None:
             sock.close()
 
-    def call(self, op: Op, **fields: Any) -> dict[str, object]:
+    def call(self, op: AnyOp, **fields: Any) -> dict[str, object]:
         """Send one request and return its checked result fields."""
         self.connect()
         assert self._sock is not None
