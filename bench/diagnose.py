@@ -278,7 +278,7 @@ def _store_stages(directory: Path, n: int) -> list[float]:
     storage = EncryptedFileStorage(directory)
     storage.store_many(make_credentials(n))
     parsed = fileformat.parse(storage.path.read_bytes())
-    key = storage._data_key(parsed.envelope)
+    key = storage._keys.data_key(parsed.envelope)
     plain = AESGCM(key).decrypt(parsed.nonce, parsed.body, parsed.head)
     data = fileformat._check_credentials(plain)
     encoded = fileformat.encode(parsed.envelope, key, data)
