@@ -23,6 +23,7 @@ AUDIT_LOG = "MODEL_FORGE_AUDIT_LOG"
 KEYRING_PREFERRED = "MODEL_FORGE_KEYRING_PREFERRED"
 ASKPASS = "MODEL_FORGE_ASKPASS"
 PINENTRY = "MODEL_FORGE_PINENTRY"
+EVENT_LOOP = "MODEL_FORGE_EVENT_LOOP"
 
 #: name -> what it does (README's "Environment" list says the same).
 DOCUMENTED = {
@@ -35,6 +36,7 @@ DOCUMENTED = {
     ASKPASS: "without a terminal: a program that prints the passphrase (ssh-askpass style), "
     "or off: standard input only",
     PINENTRY: "the pinentry to ask with (default: the first on PATH), or off",
+    EVENT_LOOP: "serve's event loop: auto (uvloop when installed), asyncio or uvloop",
 }
 
 #: The project's own development variables (tests, benchmarks, CI): settings too.
@@ -63,6 +65,8 @@ BACKEND_CHOICES = {
     "env_var": "env",
     "environment": "env",
 }
+
+EVENT_LOOP_CHOICES = ("auto", "asyncio", "uvloop")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -181,3 +185,16 @@ def serve_settings(
         name: explicit[name] if explicit.get(name) is not None else from_file.get(name, default)
         for name, default in SERVE_DEFAULTS.items()
     }
+
+
+
+def event_loop(environ: Mapping[str, str] | None = None) -> str:
+    """``MODEL_FORGE_EVENT_LOOP`` (any case): auto, asyncio or uvloop; unset or
+    empty gives auto. Anything else raises :class:`SettingError`."""
+    raw = (os.environ if environ is None else environ).get(EVENT_LOOP, "")
+    value = raw.strip().lower() or "auto"
+    if value not in EVENT_LOOP_CHOICES:
+        raise SettingError(
+            f"{EVENT_LOOP}={raw!r} is not an event loop; use {', '.join(EVENT_LOOP_CHOICES)}"
+        )
+    return value

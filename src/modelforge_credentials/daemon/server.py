@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from ..protocol import Request
 from ..protocol.server_conn import (
@@ -64,8 +64,8 @@ class AgentConnection(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         pid, uid = peer_credentials(sock) if sock is not None else (None, None)
         self.peer_pid, self.peer_uid = pid, uid

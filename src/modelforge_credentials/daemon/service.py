@@ -17,6 +17,7 @@ from ..paths import socket_path as default_socket_path
 from ..storage import CredentialStorage
 from .activation import launchd_sockets, sd_notify, systemd_sockets
 from .hardening import harden_process
+from .loop import loop_factory, loop_name
 from .runtime import RuntimeDir
 from .server import AgentServer
 from .state import Agent, AgentConfig
@@ -99,9 +100,19 @@ def _started_by(explicit: str | None, activated: str | None) -> str:
     return "manual"
 
 
-async def serve(options: ServeOptions) -> int:
-    harden_process()
-    loop = asyncio.get_running_loop()
+@dataclass
+class Listener:
+    """The listening socket, where it is, the runtime directory that holds it,
+    and which service manager handed it over (None: bound here)."""
+
+    sock: socket.socket
+    path: Path
+    runtime: RuntimeDir
+    activated: str | None
+
+
+def open_listener(options: ServeOptions) -> Listener:
+    """The socket systemd or launchd handed over, else one bound here."""
     activated: str | None = None
     handed = systemd_sockets()
     if handed:
@@ -109,71 +120,91 @@ async def serve(options: ServeOptions) -> int:
     else:
         handed = launchd_sockets()
         activated = "launchd" if handed else None
-
     path = Path(options.socket or default_socket_path())
     runtime = RuntimeDir(path)
-    sock: socket.socket
-    if handed:
-        sock = handed[0]
-        runtime.adopt(sock)
-        try:
-            path = Path(sock.getsockname())
-        except (OSError, TypeError):
-            pass
-    else:
+    if not handed:
         runtime.acquire()
-        sock = runtime.bind()
-
+        return Listener(runtime.bind(), path, runtime, None)
+    sock = handed[0]
+    runtime.adopt(sock)
     try:
-        options.resolve()
-        backend, reason = select_agent_backend(options.config_dir)
-        from ..backends.encrypted_file import default_config_dir
+        path = Path(sock.getsockname())
+    except (OSError, TypeError):
+        pass
+    return Listener(sock, path, runtime, activated)
 
-        config = AgentConfig(
-            idle_timeout=options.idle_timeout,
-            max_unlock=options.max_unlock,
-            cache_ttl=options.cache_ttl,
-            unlock_delay_cap=options.unlock_delay_cap,
-            started_by=_started_by(options.started_by, activated),
-            reason=reason,
-            socket=str(path),
-            team_dir=str(options.config_dir or default_config_dir()),
-        )
-        agent = Agent(backend, config)
-        await agent.start()
-        audit = None
-        if options.audit_log is not None:
-            from .audit import AuditLog
 
-            audit = AuditLog(options.audit_log)
-            config.audit_log = str(options.audit_log)
-        server = AgentServer(
-            agent,
-            read_deadline=options.read_deadline,
-            max_connections=options.max_connections,
-            audit=audit,
-        )
-        await server.start(sock)
-    except BaseException:
-        runtime.release()
-        raise
+def agent_config(options: ServeOptions, listener: Listener, reason: str) -> AgentConfig:
+    """The agent's settings from the (resolved) serve options."""
+    from ..backends.encrypted_file import default_config_dir
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    return AgentConfig(
+        idle_timeout=options.idle_timeout,
+        max_unlock=options.max_unlock,
+        cache_ttl=options.cache_ttl,
+        unlock_delay_cap=options.unlock_delay_cap,
+        started_by=_started_by(options.started_by, listener.activated),
+        reason=reason,
+        socket=str(listener.path),
+        team_dir=str(options.config_dir or default_config_dir()),
+        event_loop=loop_name(asyncio.get_running_loop()),
+    )
 
-    def reload() -> None:
+
+async def start_server(options: ServeOptions, listener: Listener) -> AgentServer:
+    """Settings, backend, agent and server, serving on ``listener``."""
+    options.resolve()
+    backend, reason = select_agent_backend(options.config_dir)
+    config = agent_config(options, listener, reason)
+    agent = Agent(backend, config)
+    await agent.start()
+    audit = None
+    if options.audit_log is not None:
+        from .audit import AuditLog
+
+        audit = AuditLog(options.audit_log)
+        config.audit_log = str(options.audit_log)
+    server = AgentServer(
+        agent,
+        read_deadline=options.read_deadline,
+        max_connections=options.max_connections,
+        audit=audit,
+    )
+    await server.start(listener.sock)
+    return server
+
+
+class Serving:
+    """A started agent and what the process's signals and idleness do to it."""
+
+    def __init__(self, options: ServeOptions, listener: Listener, server: AgentServer) -> None:
+        self.options = options
+        self.listener = listener
+        self.server = server
+        self.agent = server.agent
+        self.loop = asyncio.get_running_loop()
+        self.stop = asyncio.Event()
+        self._idle_exit: asyncio.TimerHandle | None = None
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop the agent; SIGHUP reloads its settings."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stop.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
         """SIGHUP (systemd's ExecReload): re-read the settings file, reopen the
         audit log (after rotation). A closing terminal's SIGHUP lands here
         too, harmlessly: it never stops the agent."""
+        options, server, agent = self.options, self.server, self.agent
         try:
             changed = options.resolve()
         except CredentialStorageError as err:
             log.error("settings not reloaded, keeping the current ones: %s", err)
             changed = []
-        config.idle_timeout = options.idle_timeout
-        config.max_unlock = options.max_unlock
-        config.unlock_delay_cap = options.unlock_delay_cap
+        agent.config.idle_timeout = options.idle_timeout
+        agent.config.max_unlock = options.max_unlock
+        agent.config.unlock_delay_cap = options.unlock_delay_cap
         server.read_deadline = options.read_deadline
         server.max_connections = options.max_connections
         if server.audit is not None:
@@ -181,7 +212,7 @@ async def serve(options: ServeOptions) -> int:
         server.wake_timers()
         if agent.teams is not None and not agent.locked:
             # Team settings re-read and every team refreshed now (also after `team add`).
-            task = loop.create_task(agent.teams.refresh_now(None))
+            task = self.loop.create_task(agent.teams.refresh_now(None))
             server.tasks.add(task)
             task.add_done_callback(server.tasks.discard)
         log.info(
@@ -189,60 +220,75 @@ async def serve(options: ServeOptions) -> int:
             ", ".join(f"{n}={getattr(options, n)}" for n in changed) or "no setting changed",
         )
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
-
-    idle_exit: asyncio.TimerHandle | None = None
-
-    def activity() -> None:
-        nonlocal idle_exit
-        if options.exit_when_idle is None or not activated:
+    def activity(self) -> None:
+        """A connection came or went: (re)arm the socket-activated idle exit."""
+        if self.options.exit_when_idle is None or not self.listener.activated:
             return
-        if idle_exit is not None:
-            idle_exit.cancel()
-            idle_exit = None
-        if not server.connections:
-            idle_exit = loop.call_later(options.exit_when_idle, idle_exit_due)
+        if self._idle_exit is not None:
+            self._idle_exit.cancel()
+            self._idle_exit = None
+        if not self.server.connections:
+            self._idle_exit = self.loop.call_later(self.options.exit_when_idle, self._idle_exit_due)
 
-    def idle_exit_due() -> None:
+    def _idle_exit_due(self) -> None:
         # The service manager restarts the agent on the next connection, but
         # a restart forgets an unlocked passphrase: keep that session alive.
-        if agent.protection == "passphrase" and not agent.locked:
-            activity()
+        if self.agent.protection == "passphrase" and not self.agent.locked:
+            self.activity()
         else:
             log.info(
-                "no clients for %.0f s: exiting until the next connection", options.exit_when_idle
+                "no clients for %.0f s: exiting until the next connection",
+                self.options.exit_when_idle,
             )
-            stop.set()
+            self.stop.set()
 
-    server.on_activity = activity
-    activity()
+    def announce_ready(self) -> None:
+        """Log, tell the service manager, and write the --ready-fd line."""
+        agent, path = self.agent, self.listener.path
+        log.info(
+            "serving on %s (backend %s, %s; %s; %s event loop)",
+            path,
+            agent.backend_name,
+            agent.protection,
+            "locked" if agent.locked else "unlocked",
+            loop_name(self.loop),
+        )
+        sd_notify(f"READY=1\nSTATUS=serving on {path}\nMAINPID={os.getpid()}")
+        if self.options.ready_fd is not None:
+            try:
+                os.write(self.options.ready_fd, b"ready\n")
+            finally:
+                os.close(self.options.ready_fd)
 
-    log.info(
-        "serving on %s (backend %s, %s; %s)",
-        path,
-        agent.backend_name,
-        agent.protection,
-        "locked" if agent.locked else "unlocked",
-    )
-    sd_notify(f"READY=1\nSTATUS=serving on {path}\nMAINPID={os.getpid()}")
-    if options.ready_fd is not None:
-        try:
-            os.write(options.ready_fd, b"ready\n")
-        finally:
-            os.close(options.ready_fd)
 
-    await stop.wait()
+async def serve(options: ServeOptions) -> int:
+    """Serve until SIGTERM, SIGINT or the socket-activated idle exit; 0."""
+    harden_process()
+    listener = open_listener(options)
+    try:
+        server = await start_server(options, listener)
+    except BaseException:
+        listener.runtime.release()
+        raise
+    serving = Serving(options, listener, server)
+    serving.handle_signals()
+    server.on_activity = serving.activity
+    serving.activity()
+    serving.announce_ready()
+    await serving.stop.wait()
     log.info("stopping")
     sd_notify("STOPPING=1")
     await server.close()
-    runtime.release()
+    listener.runtime.release()
     return 0
 
 
 def run(options: ServeOptions) -> int:
+    """``modelforge-agent serve``: the exit status (4: agent or backend unavailable)."""
     setup_logging()
     try:
-        return asyncio.run(serve(options))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(serve(options))
     except CredentialStorageError as err:
         log.error("%s", err)
         if options.ready_fd is not None:

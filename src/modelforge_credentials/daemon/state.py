@@ -63,6 +63,7 @@ class AgentConfig:
     socket: str = ""
     audit_log: str | None = None
     team_dir: str | None = None  # where teams.json and the sealed team caches live
+    event_loop: str = ""  # which event loop serves (daemon/loop.py), for status
 
 
 class Agent:
@@ -288,6 +289,8 @@ class Agent:
             "read_only": self.read_only,
             "failed_unlocks": self.backoff.failures,
         }
+        if self.config.event_loop:
+            info["event_loop"] = self.config.event_loop
         if self.file is not None:
             info["path"] = str(self.file.path)
         if self.cache.ttl is not None:
