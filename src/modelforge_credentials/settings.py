@@ -187,7 +187,6 @@ def serve_settings(
     }
 
 
-
 def event_loop(environ: Mapping[str, str] | None = None) -> str:
     """``MODEL_FORGE_EVENT_LOOP`` (any case): auto, asyncio or uvloop; unset or
     empty gives auto. Anything else raises :class:`SettingError`."""
