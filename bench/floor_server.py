@@ -5,7 +5,9 @@
 Speaks the agent's framing (4-byte big-endian length + one msgpack map) and
 answers every request as a retrieve from a dict, with no validation, no
 peer check, no lock rule and no timers: the agent's cost above this is the
-price of its checks and bookkeeping. Prints ``ready`` once it listens.
+price of its checks and bookkeeping. It runs on the event loop the agent
+would (MODEL_FORGE_EVENT_LOOP, daemon/loop.py), so the ratio compares like
+with like. Prints ``ready`` once it listens.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def main() -> int:
     path = sys.argv[1]
     credentials = msgpack.unpackb(sys.stdin.buffer.read())
     values = {(p, k): v for p, keys in credentials.items() for k, v in keys.items()}
-    asyncio.run(serve(path, values))
+    from modelforge_credentials.daemon.loop import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(path, values))
     return 0
 
 
