@@ -9,6 +9,7 @@ initialises and unseals, so it keeps its data across a kill and a restart.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import ipaddress
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +270,27 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+@contextlib.contextmanager
+def running_dev_server(directory: Path) -> Iterator[DevServer]:
+    """A started :class:`DevServer` for the block, killed afterwards (even when its
+    start fails half-way)."""
+    server = DevServer(directory)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, size: int = 1, **options: Any) -> Iterator[Cluster]:
+    """A started :class:`Cluster` of ``size`` nodes for the block, killed afterwards."""
+    cluster = Cluster(directory, size, **options)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
 
 
 def make_ca_and_cert(directory: Path) -> tuple[Path, Path, Path]:

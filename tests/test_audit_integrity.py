@@ -25,8 +25,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="us
 CRAFTED = "x\n2026-12-01T00:00:00+0000 pid=1 uid=0 /bin/sh retrieve forged/line ok\x1b[2J"
 
 
-
-
 def test_text_view_escapes_every_line_breaker_and_terminal_control() -> None:
     for char in ("\n", "\r", "\x1b", "\x85", "\u2028", "\u2029", "\x00", "\udcff"):
         assert char not in text_view(f"a{char}b")

@@ -9,278 +9,61 @@ whether, pid 1 reaps orphans.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import os
 import pty
 import re
-import select
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from agent_harness import require_nobody_python
+from agent_harness import (
+    AS_NOBODY,
+    NOBODY,
+    SOCK_VAR,
+    TIMEOUT,
+    AgentReaper,
+    AgentWorkspace,
+    alive,
+    child_subreaper,
+    foreign_owned,
+    linux_only,
+    loose_mode,
+    pid_from,
+    proc_stat,
+    read_until,
+    require_nobody_python,
+    symlinked,
+)
 from testkit import wait_until
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc, prctl, setpriv and SO_PEERCRED"
-)
-
-CLI = (sys.executable, "-m", "modelforge_credentials.cli")
-SOCK_VAR = "MODEL_FORGE_AGENT_SOCK"
-NOBODY = 65534
-AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
-CLI_TIMEOUT = 30.0
-PR_SET_CHILD_SUBREAPER = 36
-_PID_LINE = re.compile(r"^echo Agent pid (\d+) (started|already running);$", re.MULTILINE)
-
-
-# -- process helpers ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    state: str
-    ppid: int
-    session: int
-    tty: int
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    # The command name may hold spaces and parentheses; the fields follow the last ")".
-    fields = text.rsplit(")", 1)[1].split()
-    return ProcStat(fields[0], int(fields[1]), int(fields[3]), int(fields[4]))
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has exited and does not count)."""
-    info = proc_stat(pid)
-    return info is not None and info.state not in ("Z", "X")
-
-
-def pid_from(start_output: str) -> int:
-    match = _PID_LINE.search(start_output)
-    assert match, f"no pid line in the output of `start`: {start_output!r}"
-    return int(match.group(1))
-
-
-def read_until(fd: int, marker: bytes, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while marker not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"timed out waiting for {marker!r}; got {data!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                pytest.fail(f"end of output before {marker!r}; got {data!r}")
-            data += chunk
-    return data
-
-
-class AgentReaper:
-    """Waits for the detached agents this module starts, by pid, as they exit.
-
-    Only pids handed to :meth:`watch` are waited for, so it never races
-    ``subprocess`` for its own children.
-    """
-
-    def __init__(self) -> None:
-        self._pids: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-reaper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def watch(self, pid: int) -> None:
-        with self._lock:
-            self._pids.add(pid)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            with self._lock:
-                pids = list(self._pids)
-            for pid in pids:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done = pid  # not ours (pid 1 adopted it): nothing to wait for
-                if done:
-                    with self._lock:
-                        self._pids.discard(pid)
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl failed")
+pytestmark = linux_only("/proc, prctl, setpriv and SO_PEERCRED")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def reaper() -> Iterator[AgentReaper]:
-    try:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    except OSError as err:
-        pytest.skip(f"cannot become a child subreaper: {err}")
-    watcher = AgentReaper()
-    watcher.start()
-    yield watcher
-    watcher.stop()
-    _prctl(PR_SET_CHILD_SUBREAPER, 0)
-
-
-# -- the harness ------------------------------------------------------------------------
-
-
-class AgentHarness:
-    """One private socket path and config dir; runs the CLI; cleans up every agent."""
-
-    def __init__(self, env: dict[str, str], reaper: AgentReaper) -> None:
-        # Short, under /tmp: Unix socket paths are limited to ~107 bytes.
-        self.base = Path(tempfile.mkdtemp(prefix="mfa-", dir="/tmp"))
-        self.socket = self.base / "sock" / "agent.sock"
-        self.config = self.base / "config"
-        self.env = {**env, SOCK_VAR: str(self.socket), "MODEL_FORGE_CONFIG_DIR": str(self.config)}
-        self.reaper = reaper
-        self.pids: set[int] = set()
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def cli(
-        self,
-        *args: str,
-        input: str | None = None,
-        stdin: int | None = None,
-        env: dict[str, str] | None = None,
-        prefix: Sequence[str] = (),
-        timeout: float = CLI_TIMEOUT,
-    ) -> subprocess.CompletedProcess[str]:
-        extra: dict[str, object] = (
-            {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
-        )
-        if stdin is not None:
-            extra = {"stdin": stdin}
-        return subprocess.run(
-            [*prefix, *CLI, *args],
-            capture_output=True,
-            text=True,
-            env=self.env if env is None else env,
-            timeout=timeout,
-            **extra,  # type: ignore[call-overload]
-        )
-
-    def ok(self, *args: str, input: str | None = None) -> str:
-        result = self.cli(*args, input=input)
-        assert result.returncode == 0, f"{args}: exit {result.returncode}: {result.stderr}"
-        return result.stdout
-
-    def watch(self, pid: int) -> None:
-        self.pids.add(pid)
-        self.reaper.watch(pid)
-
-    def start(self, *extra: str, watch: bool = True) -> tuple[int, str]:
-        result = self.cli("start", *extra)
-        if result.returncode == 0 and watch:
-            self.watch(pid_from(result.stdout))
-        assert result.returncode == 0, f"start: exit {result.returncode}: {result.stderr}"
-        return pid_from(result.stdout), result.stdout
-
-    def status(self) -> dict[str, object]:
-        status = json.loads(self.ok("status", "--json"))
-        assert isinstance(status, dict)
-        return status
-
-    def serve(
-        self,
-        *args: str,
-        socket: Path | None = None,
-        prefix: Sequence[str] = (),
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """``serve`` in the foreground, returned once it reports readiness."""
-        read_end, write_end = os.pipe()
+    with contextlib.ExitStack() as stack:
         try:
-            proc = subprocess.Popen(
-                [
-                    *prefix,
-                    *CLI,
-                    "--socket",
-                    str(socket or self.socket),
-                    "serve",
-                    "--ready-fd",
-                    str(write_end),
-                    *args,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=self.env if env is None else env,
-                pass_fds=(write_end,),
-            )
-        finally:
-            os.close(write_end)
-        self.procs.append(proc)
-        try:
-            ready, _, _ = select.select([read_end], [], [], CLI_TIMEOUT)
-            message = os.read(read_end, 4096) if ready else b""
-        finally:
-            os.close(read_end)
-        if not message.startswith(b"ready"):
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            pytest.fail(f"serve did not report readiness ({message!r}): {err.decode()}")
-        return proc
-
-    def close(self) -> None:
-        if self.socket.exists():
-            self.cli("--timeout", "5", "stop", timeout=20)
-        for pid in self.pids:
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=10)
-        try:
-            wait_until(lambda: not any(alive(p) for p in self.pids), 10, "the agents to exit")
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
+            watcher = stack.enter_context(child_subreaper())
+        except OSError as err:
+            pytest.skip(f"cannot become a child subreaper: {err}")
+        yield watcher
 
 
 @pytest.fixture
-def agents(isolated_environment: Path, reaper: AgentReaper) -> Iterator[AgentHarness]:
-    harness = AgentHarness(dict(os.environ), reaper)
+def agents(isolated_environment: Path, reaper: AgentReaper) -> Iterator[AgentWorkspace]:
+    workspace = AgentWorkspace(dict(os.environ), reaper)
     try:
-        yield harness
+        yield workspace
     finally:
-        harness.close()
+        workspace.close()
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +72,7 @@ def nobody_runs_python() -> None:
     require_nobody_python("modelforge_credentials.protocol")
 
 
-def protect_with_passphrase(agents: AgentHarness, passphrase: str) -> None:
+def protect_with_passphrase(agents: AgentWorkspace, passphrase: str) -> None:
     agents.ok("set", "openai", "api_key", input="sk-secret-1\n")
     result = agents.cli("passwd", input=passphrase + "\n")
     assert result.returncode == 0, result.stderr
@@ -299,7 +82,7 @@ def protect_with_passphrase(agents: AgentHarness, passphrase: str) -> None:
 # -- start / eval -----------------------------------------------------------------------
 
 
-def test_start_prints_shell_commands_and_reuses_the_running_agent(agents: AgentHarness) -> None:
+def test_start_prints_shell_commands_and_reuses_the_running_agent(agents: AgentWorkspace) -> None:
     pid, out = agents.start()
     quoted = str(agents.socket)  # mkdtemp names need no shell quoting
     assert f"{SOCK_VAR}={quoted}; export {SOCK_VAR};\n" in out
@@ -317,7 +100,7 @@ def test_start_prints_shell_commands_and_reuses_the_running_agent(agents: AgentH
     assert pid_from(csh) == pid_from(fish) == pid
 
 
-def test_eval_of_start_exports_the_socket_for_later_commands(agents: AgentHarness) -> None:
+def test_eval_of_start_exports_the_socket_for_later_commands(agents: AgentWorkspace) -> None:
     env = {k: v for k, v in agents.env.items() if k != SOCK_VAR}
     elsewhere = agents.base / "xdg"
     elsewhere.mkdir(mode=0o700)
@@ -334,14 +117,7 @@ def test_eval_of_start_exports_the_socket_for_later_commands(agents: AgentHarnes
         modelforge-agent get openai api_key
         echo "sock=$MODEL_FORGE_AGENT_SOCK"
     """
-    result = subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    result = agents.run(["bash", "-c", script], env=env)
     match = re.search(r"^Agent pid (\d+) started$", result.stdout, re.MULTILINE)
     if match:
         agents.watch(int(match.group(1)))
@@ -354,7 +130,7 @@ def test_eval_of_start_exports_the_socket_for_later_commands(agents: AgentHarnes
 # -- credential commands --------------------------------------------------------------
 
 
-def test_set_get_exists_delete_and_list(agents: AgentHarness) -> None:
+def test_set_get_exists_delete_and_list(agents: AgentWorkspace) -> None:
     agents.start()
     # The value never travels on the command line: a third argument is a usage error.
     on_argv = agents.cli("set", "openai", "api_key", "sk-on-argv", input="ignored\n")
@@ -391,7 +167,7 @@ def test_set_get_exists_delete_and_list(agents: AgentHarness) -> None:
     "args",
     [("get", "", "api_key"), ("get", "openai", ""), ("exists", "", "k"), ("set", "", "k")],
 )
-def test_invalid_names_are_usage_errors(agents: AgentHarness, args: tuple[str, ...]) -> None:
+def test_invalid_names_are_usage_errors(agents: AgentWorkspace, args: tuple[str, ...]) -> None:
     if not agents.socket.exists():
         agents.start()
     result = agents.cli(*args, input="value\n")
@@ -399,7 +175,7 @@ def test_invalid_names_are_usage_errors(agents: AgentHarness, args: tuple[str, .
     assert "must not be empty" in result.stderr
 
 
-def test_status_human_and_json(agents: AgentHarness) -> None:
+def test_status_human_and_json(agents: AgentWorkspace) -> None:
     pid, _ = agents.start("--idle-timeout", "300")
     status = agents.status()
     assert status["pid"] == pid and alive(pid)
@@ -422,7 +198,7 @@ def test_status_human_and_json(agents: AgentHarness) -> None:
 
 
 def test_socket_is_0600_in_a_0700_directory_with_the_lock_beside_it(
-    agents: AgentHarness,
+    agents: AgentWorkspace,
 ) -> None:
     agents.start()
     sock = os.lstat(agents.socket)
@@ -440,7 +216,7 @@ def test_socket_is_0600_in_a_0700_directory_with_the_lock_beside_it(
 # -- passphrase, lock, unlock ---------------------------------------------------------
 
 
-def test_passwd_lock_and_unlock(agents: AgentHarness) -> None:
+def test_passwd_lock_and_unlock(agents: AgentWorkspace) -> None:
     agents.start()
     protect_with_passphrase(agents, "pass-one")
     assert agents.ok("get", "openai", "api_key") == "sk-secret-1\n"
@@ -469,7 +245,7 @@ def test_passwd_lock_and_unlock(agents: AgentHarness) -> None:
     assert agents.ok("get", "openai", "api_key") == "sk-secret-1\n"
 
 
-def test_get_on_a_locked_agent_without_a_terminal_fails_at_once(agents: AgentHarness) -> None:
+def test_get_on_a_locked_agent_without_a_terminal_fails_at_once(agents: AgentWorkspace) -> None:
     agents.start()
     protect_with_passphrase(agents, "pass-one")
     agents.ok("lock")
@@ -491,7 +267,7 @@ def test_get_on_a_locked_agent_without_a_terminal_fails_at_once(agents: AgentHar
 
 
 def test_stop_removes_the_socket_and_later_commands_say_how_to_start(
-    agents: AgentHarness,
+    agents: AgentWorkspace,
 ) -> None:
     pid, _ = agents.start()
     result = agents.cli("stop")
@@ -507,7 +283,7 @@ def test_stop_removes_the_socket_and_later_commands_say_how_to_start(
     assert "modelforge-agent start" in get.stderr
 
 
-def test_stop_does_not_wait_for_the_exited_agent_to_be_reaped(agents: AgentHarness) -> None:
+def test_stop_does_not_wait_for_the_exited_agent_to_be_reaped(agents: AgentWorkspace) -> None:
     """Bug: `stop` polls kill(pid, 0), which succeeds for a zombie.
 
     Wherever the agent's new parent does not reap it (a container whose pid 1
@@ -527,7 +303,7 @@ def test_stop_does_not_wait_for_the_exited_agent_to_be_reaped(agents: AgentHarne
 
 
 def test_a_stale_socket_is_reported_quickly_and_replaced_by_start(
-    agents: AgentHarness,
+    agents: AgentWorkspace,
 ) -> None:
     pid, _ = agents.start()
     os.kill(pid, signal.SIGKILL)
@@ -547,7 +323,7 @@ def test_a_stale_socket_is_reported_quickly_and_replaced_by_start(
     assert agents.ok("get", "openai", "api_key") == "sk-after-stale\n"
 
 
-def test_a_second_agent_on_the_same_socket_is_refused(agents: AgentHarness) -> None:
+def test_a_second_agent_on_the_same_socket_is_refused(agents: AgentWorkspace) -> None:
     pid, _ = agents.start()
     began = time.monotonic()
     second = agents.cli("--socket", str(agents.socket), "serve", timeout=20)
@@ -558,32 +334,20 @@ def test_a_second_agent_on_the_same_socket_is_refused(agents: AgentHarness) -> N
     assert stat.S_ISSOCK(os.lstat(agents.socket).st_mode)
 
 
-def _loose_mode(directory: Path) -> None:
-    directory.mkdir(mode=0o700)
-    directory.chmod(0o755)
-
-
-def _symlink(directory: Path) -> None:
-    real = directory.parent / "real"
-    real.mkdir(mode=0o700)
-    directory.symlink_to(real)
-
-
-def _foreign_owner(directory: Path) -> None:
-    directory.mkdir(mode=0o700)
-    os.chown(directory, NOBODY, NOBODY)
-
-
 @pytest.mark.parametrize(
     ("prepare", "hint"),
     # Another uid's directory is not the user's to chmod or remove: only another path is.
-    [(_loose_mode, "chmod 700"), (_symlink, "remove"), (_foreign_owner, "private socket path")],
+    [
+        (loose_mode(0o755), "chmod 700"),
+        (symlinked, "remove"),
+        (foreign_owned, "private socket path"),
+    ],
     ids=["mode-0755", "symlink", "other-owner"],
 )
 def test_serve_refuses_an_unsafe_socket_directory(
-    agents: AgentHarness, prepare: Callable[[Path], None], hint: str
+    agents: AgentWorkspace, prepare: Callable[[Path], None], hint: str
 ) -> None:
-    if prepare is _foreign_owner and os.geteuid() != 0:
+    if prepare is foreign_owned and os.geteuid() != 0:
         pytest.skip("needs root to chown")
     prepare(agents.socket.parent)
     try:
@@ -601,15 +365,15 @@ def test_serve_refuses_an_unsafe_socket_directory(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_agent_cleanly(agents: AgentHarness, signum: int) -> None:
-    proc = agents.serve()
-    assert agents.status()["pid"] == proc.pid
-    proc.send_signal(signum)
-    assert proc.wait(timeout=10) == 0
+def test_a_signal_stops_the_agent_cleanly(agents: AgentWorkspace, signum: int) -> None:
+    agent = agents.serve()
+    assert agents.status()["pid"] == agent.pid
+    agent.proc.send_signal(signum)
+    assert agent.proc.wait(timeout=10) == 0
     assert not agents.socket.exists()
 
 
-def test_the_agent_survives_its_terminal_hanging_up(agents: AgentHarness) -> None:
+def test_the_agent_survives_its_terminal_hanging_up(agents: AgentWorkspace) -> None:
     out = agents.base / "start.out"
     env = {**agents.env, "MF_PY": sys.executable, "MF_OUT": str(out)}
     script = (
@@ -627,9 +391,9 @@ def test_the_agent_survives_its_terminal_hanging_up(agents: AgentHarness) -> Non
         )
     finally:
         os.close(slave)
-    agents.procs.append(shell)
+    agents.others.append(shell)
     try:
-        read_until(master, b"started", CLI_TIMEOUT)
+        read_until(master, b"started", TIMEOUT)
         pid = pid_from(out.read_text())
         agents.watch(pid)
         shell_info, agent_info = proc_stat(shell.pid), proc_stat(pid)
@@ -669,7 +433,7 @@ print("reply" if data else "closed")
 
 @pytest.mark.usefixtures("nobody_runs_python")
 def test_another_uid_is_refused_even_when_the_socket_is_open_to_it(
-    agents: AgentHarness,
+    agents: AgentWorkspace,
 ) -> None:
     log = agents.base / "agent.log"
     pid, _ = agents.start("--log", str(log))
@@ -678,14 +442,7 @@ def test_another_uid_is_refused_even_when_the_socket_is_open_to_it(
     agents.socket.parent.chmod(0o711)
     agents.socket.chmod(0o666)
 
-    raw = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-c", _RAW_CLIENT, str(agents.socket)],
-        capture_output=True,
-        text=True,
-        env=agents.env,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    raw = agents.run([*AS_NOBODY, sys.executable, "-c", _RAW_CLIENT, str(agents.socket)])
     assert raw.returncode == 0, raw.stderr
     assert raw.stdout.split() == ["connected", "closed"]
 
@@ -697,30 +454,18 @@ def test_another_uid_is_refused_even_when_the_socket_is_open_to_it(
     assert f"refused a connection from uid {NOBODY}" in log.read_text()
 
 
-def test_the_agent_cannot_dump_core(agents: AgentHarness) -> None:
+def test_the_agent_cannot_dump_core(agents: AgentWorkspace) -> None:
     pid, _ = agents.start()
     limits = Path(f"/proc/{pid}/limits").read_text()
     assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.MULTILINE), limits
 
 
 @pytest.mark.usefixtures("nobody_runs_python")
-def test_the_agent_is_not_dumpable(agents: AgentHarness) -> None:
+def test_the_agent_is_not_dumpable(agents: AgentWorkspace) -> None:
     """Non-dumpable processes' /proc files belong to root, whoever runs them."""
-    agents.base.chmod(0o711)  # let uid 65534 reach its own directory inside
-    home = agents.base / "nobody"
-    home.mkdir(mode=0o700)
-    os.chown(home, NOBODY, NOBODY)
-    env = {**agents.env, "HOME": str(home), "MODEL_FORGE_CONFIG_DIR": str(home / "config")}
-
+    home, env = agents.home_for_nobody()
     # Control: an ordinary process of that uid owns its /proc files.
-    plain = subprocess.Popen(
-        [*AS_NOBODY, sys.executable, "-c", "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        env=env,
-    )
-    agents.procs.append(plain)  # type: ignore[arg-type]
-    environ = Path(f"/proc/{plain.pid}/environ")
-    wait_until(lambda: environ.stat().st_uid == NOBODY, 10, "the control to run as nobody")
+    agents.nobody_control(env)
 
     agent = agents.serve(socket=home / "s" / "agent.sock", prefix=AS_NOBODY, env=env)
     status = Path(f"/proc/{agent.pid}/status").read_text()
@@ -728,8 +473,7 @@ def test_the_agent_is_not_dumpable(agents: AgentHarness) -> None:
     assert Path(f"/proc/{agent.pid}/environ").stat().st_uid == 0
     limits = Path(f"/proc/{agent.pid}/limits").read_text()
     assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.MULTILINE), limits
-    agent.terminate()
-    assert agent.wait(timeout=10) == 0
+    assert agent.stop() == 0
 
 
 # -- auto-start -------------------------------------------------------------------------
@@ -742,16 +486,9 @@ print(manager.retrieve("openai", "api_key"))
 """
 
 
-def test_credential_manager_starts_an_agent_on_first_use(agents: AgentHarness) -> None:
+def test_credential_manager_starts_an_agent_on_first_use(agents: AgentWorkspace) -> None:
     assert not agents.socket.exists()
-    child = subprocess.run(
-        [sys.executable, "-c", _AUTOSTART_CLIENT],
-        capture_output=True,
-        text=True,
-        env=agents.env,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    child = agents.run([sys.executable, "-c", _AUTOSTART_CLIENT])
     if agents.socket.exists():
         agents.watch(int(agents.status()["pid"]))  # type: ignore[call-overload]
     assert child.returncode == 0, child.stderr

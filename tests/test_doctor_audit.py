@@ -38,8 +38,6 @@ AUDIT_FIELDS = {"time", "pid", "uid", "exe", "op", "provider", "key", "result"}
 MAX_BYTES = 1_048_576  # daemon/audit.py DEFAULT_MAX_BYTES, written out so a change shows
 
 
-
-
 def doctor(ws: AgentWorkspace, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     result = ws.cli("doctor", *args, env=env)
     assert "Traceback" not in result.stderr, result.stderr

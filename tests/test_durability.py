@@ -19,16 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from agent_harness import read_for
+from agent_harness import (
+    TIMEOUT,
+    NewFileWatch,
+    is_temp_name,
+    mounted_tmpfs,
+    read_for,
+    temp_files,
+)
 from modelforge_credentials import (
     CredentialCorruptedError,
     CredentialStorageUnavailableError,
     EncryptedFileStorage,
     KdfParams,
 )
+from testkit import WriterReport, crash_value, disk_value, store_until_full
 
 PASSPHRASE = "durability-Passphrase-5150"
 CRASH_ROUNDS = int(os.environ.get("MODEL_FORGE_CRASH_ROUNDS", "30"))
+#: Share of the kills aimed at a temp file's creation that must outlive it
+#: (all of them but for a wake-up slower than the rest of the write).
+MIN_MID_WRITE_SHARE = 0.5
 
 #: Every child builds its storage the same way: fast KDF, given explicitly.
 CHILD_PRELUDE = """
@@ -53,12 +64,14 @@ print("done", flush=True)
 """
 )
 
+#: Says "begin N" before each store and "ack N" once it returned (testkit.WriterReport).
 ACKING_WRITER = (
     CHILD_PRELUDE
     + """
 i = int(sys.argv[2])
 print("ready", flush=True)
 while True:
+    print(f"begin {i}", flush=True)
     storage.store("crash", f"k{i}", f"v{i}-" + "x" * (i % 97))
     print(f"ack {i}", flush=True)
     i += 1
@@ -80,14 +93,6 @@ print("stored", flush=True)
 )
 
 
-def crash_value(index: int) -> str:
-    return f"v{index}-" + "x" * (index % 97)
-
-
-def temp_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob(".credentials.enc*.tmp"))
-
-
 def child_env(passphrase: str | None) -> dict[str, str]:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("CHILD_PASSPHRASE", None)
@@ -97,8 +102,10 @@ def child_env(passphrase: str | None) -> dict[str, str]:
 
 
 def spawn(script: str, *args: str, passphrase: str | None = PASSPHRASE) -> subprocess.Popen[bytes]:
+    # Unbuffered: a line read must not take later output with it, out of order.
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
+        bufsize=0,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -170,10 +177,31 @@ def _read_until(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
     return read_for(proc.stdout.fileno(), deadline - time.monotonic())
 
 
+def _kill_round(
+    proc: subprocess.Popen[bytes], delay: float, watch: NewFileWatch | None
+) -> tuple[bytes, str]:
+    """SIGKILL ``proc`` after ``delay`` seconds or, with a ``watch``, at the first
+    temp file it creates after them. Its output and its standard error."""
+    early = _read_until(proc, time.monotonic() + delay)
+    if watch is not None:
+        watch.drain()
+        watch.wait(is_temp_name, TIMEOUT)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=TIMEOUT)
+    assert proc.stdout is not None and proc.stderr is not None
+    return early + proc.stdout.read(), proc.stderr.read().decode()
+
+
 def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(
     storage_dir: Path, fast_kdf: KdfParams
 ) -> None:
     """Rounds of: a child stores and acknowledges in a loop, SIGKILL at a random moment.
+
+    Every other round the kill waits, after its random delay, for the child's
+    next temp file (inotify), so some kills surely land inside the atomic
+    write. A kill landed mid-write when the child's temp file outlived it; the
+    child's own report (begin/ack) must then show a store in flight, and at
+    least MIN_MID_WRITE_SHARE of the aimed kills must land so.
 
     Data checks fail the round at once; a temp file surviving the parent's
     next store is collected and reported after all rounds, so one bug does
@@ -185,23 +213,19 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(
     parent.store("crash", "seed", "seed-value")
     acknowledged: dict[str, str] = {"seed": "seed-value"}
     next_index = 0
-    mid_write = completed_unacked = 0
+    in_store = mid_write = aimed_mid_write = completed_unacked = 0
     stale_after_store: list[str] = []
+    watch = NewFileWatch(storage_dir)
 
     for round_number in range(CRASH_ROUNDS):
         where = f"round {round_number} (seed {seed})"
+        aimed = round_number % 2 == 1
         leftovers = set(temp_files(storage_dir))
         proc = spawn(ACKING_WRITER, str(storage_dir), str(next_index))
         try:
             expect_line(proc, b"ready\n")
-            delay = rng.uniform(0.0, 0.03)
-            early = _read_until(proc, time.monotonic() + delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+            output, errors = _kill_round(proc, rng.uniform(0.0, 0.03), watch if aimed else None)
             temps_at_kill = set(temp_files(storage_dir))
-            assert proc.stdout is not None and proc.stderr is not None
-            output = early + proc.stdout.read()
-            errors = proc.stderr.read().decode()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -210,14 +234,20 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(
                 if stream is not None:
                     stream.close()
         assert proc.returncode == -signal.SIGKILL, f"{where}: child died early:\n{errors}"
+        report = WriterReport.parse(output)
         # A temp the child created (not one left from before) means mid-write.
-        mid_write += bool(temps_at_kill - leftovers)
+        landed_mid_write = bool(temps_at_kill - leftovers)
+        assert report.in_store is not None or not landed_mid_write, (
+            f"{where}: a temp file survived a writer that had no store in flight"
+        )
+        in_store += report.in_store is not None
+        mid_write += landed_mid_write
+        aimed_mid_write += aimed and landed_mid_write
 
-        # Every line printed before the kill is an acknowledged store.
-        acks = [int(line.split()[1]) for line in output.decode().splitlines() if line]
-        for index in acks:
+        # Every ack printed before the kill is an acknowledged store.
+        for index in report.acks:
             acknowledged[f"k{index}"] = crash_value(index)
-        last = max(acks, default=next_index - 1)
+        last = max(report.acks, default=next_index - 1)
 
         try:
             stored = open_storage(storage_dir, fast_kdf).load()["crash"]
@@ -236,9 +266,13 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(
         parent.store("crash", f"parent-{round_number}", "parent-value")
         acknowledged[f"parent-{round_number}"] = "parent-value"
         stale_after_store += [f"{where}: {p.name}" for p in temp_files(storage_dir)]
+    watch.close()
 
+    aimed_rounds = CRASH_ROUNDS // 2
     print(
-        f"\ncrash rounds: {CRASH_ROUNDS}, kills mid-write (child's temp present): {mid_write}, "
+        f"\ncrash rounds: {CRASH_ROUNDS}, kills inside a store (the writer's report): "
+        f"{in_store}, kills mid-write (child's temp present): {mid_write} "
+        f"({aimed_mid_write} of {aimed_rounds} aimed), "
         f"stores done but not acknowledged: {completed_unacked}, "
         f"temps left by the next store: {len(stale_after_store)}, seed {seed}"
     )
@@ -246,6 +280,9 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_store(
     assert not stale_after_store, (
         f"a store after a crash left temp files in {len(stale_after_store)} of "
         f"{CRASH_ROUNDS} rounds: {stale_after_store[:3]}"
+    )
+    assert aimed_mid_write >= max(1, int(aimed_rounds * MIN_MID_WRITE_SHARE)), (
+        f"only {aimed_mid_write} of {aimed_rounds} aimed kills landed mid-write (seed {seed})"
     )
 
 
@@ -327,21 +364,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, unmounted afterwards; skips where mounting is not allowed."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir(mode=0o700)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "256k") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(path: Path) -> None:
@@ -363,23 +387,18 @@ def test_disk_full_fails_cleanly_and_recovers(small_tmpfs: Path, fast_kdf: KdfPa
     storage.store("disk", "seed", "seed-value")
     filler = small_tmpfs / "filler"
     filler.write_bytes(bytes(96 * 1024))
-    stored = {"seed": "seed-value"}
 
-    def value(index: int) -> str:
-        return f"disk-SECRET-{index:04d}-" + "v" * 8000
+    def snapshot() -> tuple[bytes, bytes | None]:
+        backup = storage.backup_path
+        return storage.path.read_bytes(), backup.read_bytes() if backup.exists() else None
 
-    for index in range(64):
-        before = storage.path.read_bytes()
-        backup_before = storage.backup_path.read_bytes() if storage.backup_path.exists() else None
-        try:
-            storage.store("disk", f"k{index}", value(index))
-        except CredentialStorageUnavailableError as err:
-            failure, failed_index = err, index
-            break
-        stored[f"k{index}"] = value(index)
-    else:
-        pytest.fail("the 256 KiB tmpfs never filled up")
-
+    full = store_until_full(
+        lambda key, value: storage.store("disk", key, value),
+        CredentialStorageUnavailableError,
+        snapshot,
+    )
+    stored = {"seed": "seed-value", **full.stored}
+    failure, failed_index, (before, backup_before) = full.failure, full.index, full.before
     assert not isinstance(failure, CredentialCorruptedError)
     assert "disk is full" in str(failure)
     assert "disk-SECRET" not in str(failure) and PASSPHRASE not in str(failure)
@@ -391,8 +410,8 @@ def test_disk_full_fails_cleanly_and_recovers(small_tmpfs: Path, fast_kdf: KdfPa
     assert open_storage(storage.config_dir, fast_kdf).load() == {"disk": stored}
 
     filler.unlink()
-    storage.store("disk", f"k{failed_index}", value(failed_index))
-    stored[f"k{failed_index}"] = value(failed_index)
+    storage.store("disk", f"k{failed_index}", disk_value(failed_index))
+    stored[f"k{failed_index}"] = disk_value(failed_index)
     assert open_storage(storage.config_dir, fast_kdf).load() == {"disk": stored}
     assert temp_files(storage.config_dir) == []
 

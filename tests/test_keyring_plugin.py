@@ -63,19 +63,16 @@ def strays(marker: str) -> list[int]:
 
 
 @pytest.fixture
-def workspace() -> Iterator[AgentWorkspace]:
-    ws = AgentWorkspace(dict(os.environ))
-    try:
-        yield ws
-    finally:
-        # An agent that looped into itself may have auto-started another one on the
-        # same (unique) socket path: those are ours too, found by that path.
-        for pid in strays(str(ws.socket)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        ws.close()
+def workspace(workspace: AgentWorkspace) -> Iterator[AgentWorkspace]:
+    """conftest's workspace; agents started on its socket behind its back die with it."""
+    yield workspace
+    # An agent that looped into itself may have auto-started another one on the
+    # same (unique) socket path: those are ours too, found by that path.
+    for pid in strays(str(workspace.socket)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

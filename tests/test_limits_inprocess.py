@@ -9,7 +9,9 @@ threading.Event) on the agent's worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
@@ -103,6 +105,46 @@ class GatedEnv(EnvVarStorage):
 # -- 7. lock wins over every request in flight ------------------------------------------
 
 
+async def lock_while_held(gate: Gate, control: AsyncAgentClient) -> None:
+    """Once a call is held at ``gate``, lock the agent; then let the call go on."""
+    await gate.wait_entered()
+    await control.lock()
+    gate.open.set()
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(path: str) -> AsyncIterator[RawConnection]:
+    """A raw connection to the agent at ``path``, closed after the block."""
+    conn = await RawConnection.open(path)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def connected_to(store: EncryptedFileStorage, sock_dir: str) -> AsyncIterator[RawConnection]:
+    """``store`` served, and one raw connection to it, for the block."""
+    async with serve(store, sock_dir=sock_dir) as served, raw_connection(served.path) as conn:
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def gated_agent(
+    backend: GatedFile | GatedEnv, sock_dir: str
+) -> AsyncIterator[tuple[Served, AsyncAgentClient]]:
+    """``backend`` served, with a control client; its gate is opened whatever happens,
+    so no worker thread stays held after the test."""
+    try:
+        async with (
+            serve(backend, sock_dir=sock_dir) as served,
+            AsyncAgentClient(served.path) as control,
+        ):
+            yield served, control
+    finally:
+        backend.gate.open.set()
+
+
 def protected_store(directory: Path, fast_kdf: KdfParams) -> None:
     EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=fast_kdf).store(
         "openai", "api_key", SECRET
@@ -118,34 +160,23 @@ async def test_lock_during_a_reload_in_flight_leaves_nothing_cached(
     directory = tmp_path / "protected"
     protected_store(directory, fast_kdf)
     backend = GatedFile(directory, fast_kdf, gated="load")
-    try:
-        async with (
-            serve(backend, sock_dir=sock_dir) as served,
-            AsyncAgentClient(served.path) as control,
-        ):
-            await control.unlock(PASSPHRASE)
-            assert (await control.status())["cached"] == 1
-            # Another writer: the agent drops its cache at its next check and reloads.
-            EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=fast_kdf).store(
-                "openai", "other", SECRET2
-            )
-            served.clock.advance(1.0)
-            backend.gate.close()
-            reader = await RawConnection.open(served.path)
-            try:
-                reader.request(1, Op.RETRIEVE, provider="openai", key="api_key")
-                await backend.gate.wait_entered()
-                await control.lock()
-                backend.gate.open.set()
-                assert failure(await reader.reply()) == (1, LOCKED)
-            finally:
-                await reader.close()
-            status = await control.status()
-            assert (status["locked"], status["cached"]) == (True, 0)
-            await control.unlock(PASSPHRASE)
-            assert await control.retrieve("openai", "other") == SECRET2
-    finally:
-        backend.gate.open.set()
+    async with gated_agent(backend, sock_dir) as (served, control):
+        await control.unlock(PASSPHRASE)
+        assert (await control.status())["cached"] == 1
+        # Another writer: the agent drops its cache at its next check and reloads.
+        EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=fast_kdf).store(
+            "openai", "other", SECRET2
+        )
+        served.clock.advance(1.0)
+        backend.gate.close()
+        async with raw_connection(served.path) as reader:
+            reader.request(1, Op.RETRIEVE, provider="openai", key="api_key")
+            await lock_while_held(backend.gate, control)
+            assert failure(await reader.reply()) == (1, LOCKED)
+        status = await control.status()
+        assert (status["locked"], status["cached"]) == (True, 0)
+        await control.unlock(PASSPHRASE)
+        assert await control.retrieve("openai", "other") == SECRET2
 
 
 async def test_lock_during_an_unlock_in_flight_wins(
@@ -156,34 +187,23 @@ async def test_lock_during_an_unlock_in_flight_wins(
     directory = tmp_path / "protected"
     protected_store(directory, fast_kdf)
     backend = GatedFile(directory, fast_kdf, gated="unlock")
-    try:
-        async with (
-            serve(backend, sock_dir=sock_dir) as served,
-            AsyncAgentClient(served.path) as control,
-        ):
-            assert (await control.status())["locked"] is True
-            backend.gate.close()
-            unlocking = await RawConnection.open(served.path)
-            try:
-                unlocking.request(1, Op.UNLOCK, passphrase=PASSPHRASE)
-                await backend.gate.wait_entered()
-                await control.lock()
-                backend.gate.open.set()
-                assert failure(await unlocking.reply()) == (1, LOCKED)
-            finally:
-                await unlocking.close()
-            status = await control.status()
-            assert (status["locked"], status["cached"]) == (True, 0)
-            with pytest.raises(CredentialLockedError):
-                await control.retrieve("openai", "api_key")
-            # The file object forgot the key the late unlock derived, once the worker
-            # has run everything queued so far.
-            await asyncio.wrap_future(served.agent.executor.submit(lambda: None))
-            assert backend.locked
-            await control.unlock(PASSPHRASE)
-            assert await control.retrieve("openai", "api_key") == SECRET
-    finally:
-        backend.gate.open.set()
+    async with gated_agent(backend, sock_dir) as (served, control):
+        assert (await control.status())["locked"] is True
+        backend.gate.close()
+        async with raw_connection(served.path) as unlocking:
+            unlocking.request(1, Op.UNLOCK, passphrase=PASSPHRASE)
+            await lock_while_held(backend.gate, control)
+            assert failure(await unlocking.reply()) == (1, LOCKED)
+        status = await control.status()
+        assert (status["locked"], status["cached"]) == (True, 0)
+        with pytest.raises(CredentialLockedError):
+            await control.retrieve("openai", "api_key")
+        # The file object forgot the key the late unlock derived, once the worker
+        # has run everything queued so far.
+        await asyncio.wrap_future(served.agent.executor.submit(lambda: None))
+        assert backend.locked
+        await control.unlock(PASSPHRASE)
+        assert await control.retrieve("openai", "api_key") == SECRET
 
 
 async def test_lock_wins_over_an_unlock_still_waiting_for_another(
@@ -194,56 +214,39 @@ async def test_lock_wins_over_an_unlock_still_waiting_for_another(
     directory = tmp_path / "protected"
     protected_store(directory, fast_kdf)
     backend = GatedFile(directory, fast_kdf, gated="unlock")
-    try:
-        async with (
-            serve(backend, sock_dir=sock_dir) as served,
-            AsyncAgentClient(served.path) as control,
-        ):
-            backend.gate.close()
-            first = await RawConnection.open(served.path)
-            second = await RawConnection.open(served.path)
-            try:
-                first.request(1, Op.UNLOCK, passphrase=PASSPHRASE)
-                await backend.gate.wait_entered()
-                second.request(2, Op.UNLOCK, passphrase=PASSPHRASE)
-                assert (await control.status())["locked"] is True  # both requests were read
-                await control.lock()
-                backend.gate.open.set()
-                assert failure(await first.reply()) == (1, LOCKED)
-                assert failure(await second.reply()) == (2, LOCKED)
-            finally:
-                await first.close()
-                await second.close()
-            await asyncio.wrap_future(served.agent.executor.submit(lambda: None))
-            assert backend.locked
-            status = await control.status()
-            assert (status["locked"], status["cached"]) == (True, 0)
-    finally:
-        backend.gate.open.set()
+    async with gated_agent(backend, sock_dir) as (served, control):
+        backend.gate.close()
+        first = await RawConnection.open(served.path)
+        second = await RawConnection.open(served.path)
+        try:
+            first.request(1, Op.UNLOCK, passphrase=PASSPHRASE)
+            await backend.gate.wait_entered()
+            second.request(2, Op.UNLOCK, passphrase=PASSPHRASE)
+            assert (await control.status())["locked"] is True  # both requests were read
+            await control.lock()
+            backend.gate.open.set()
+            assert failure(await first.reply()) == (1, LOCKED)
+            assert failure(await second.reply()) == (2, LOCKED)
+        finally:
+            await first.close()
+            await second.close()
+        await asyncio.wrap_future(served.agent.executor.submit(lambda: None))
+        assert backend.locked
+        status = await control.status()
+        assert (status["locked"], status["cached"]) == (True, 0)
 
 
 async def test_lock_during_a_backend_retrieve_in_flight_caches_nothing(sock_dir: str) -> None:
     """The same for a backend read one name at a time (keyring, environment)."""
     backend = GatedEnv({"MODEL_FORGE_OPENAI_API_KEY": "sk-env-gated"})
-    try:
-        async with (
-            serve(backend, sock_dir=sock_dir) as served,
-            AsyncAgentClient(served.path) as control,
-        ):
-            backend.gate.close()
-            reader = await RawConnection.open(served.path)
-            try:
-                reader.request(1, Op.RETRIEVE, provider="openai", key="api_key")
-                await backend.gate.wait_entered()
-                await control.lock()
-                backend.gate.open.set()
-                # Nothing to lock in this backend: the answer is what a new request gets.
-                assert await reader.reply() == {"id": 1, "ok": True, "value": "sk-env-gated"}
-            finally:
-                await reader.close()
-            assert (await control.status())["cached"] == 0
-    finally:
-        backend.gate.open.set()
+    async with gated_agent(backend, sock_dir) as (served, control):
+        backend.gate.close()
+        async with raw_connection(served.path) as reader:
+            reader.request(1, Op.RETRIEVE, provider="openai", key="api_key")
+            await lock_while_held(backend.gate, control)
+            # Nothing to lock in this backend: the answer is what a new request gets.
+            assert await reader.reply() == {"id": 1, "ok": True, "value": "sk-env-gated"}
+        assert (await control.status())["cached"] == 0
 
 
 # -- 15. the cached-retrieve shortcut applies the general request checks --------------------
@@ -268,25 +271,21 @@ async def test_a_cached_name_gets_the_same_checks_as_an_uncached_one(
     sock_dir: str, keyfile_store: EncryptedFileStorage, odd: dict[str, object]
 ) -> None:
     keyfile_store.store("openai", "api_key", SECRET)
-    async with serve(keyfile_store, sock_dir=sock_dir) as served:
-        conn = await RawConnection.open(served.path)
-        try:
-            answers = []
-            for key in ("api_key", "not_stored"):
-                conn.send(
-                    map_frame(
-                        {"v": 1, "id": 7, "op": "retrieve", "provider": "openai", "key": key, **odd}
-                    )
+    async with connected_to(keyfile_store, sock_dir) as conn:
+        answers = []
+        for key in ("api_key", "not_stored"):
+            conn.send(
+                map_frame(
+                    {"v": 1, "id": 7, "op": "retrieve", "provider": "openai", "key": key, **odd}
                 )
-                reply = await conn.reply()
-                assert reply["ok"] is False, f"{key}: {reply}"
-                answers.append(failure(reply)[1])
-            assert answers == [BAD_REQUEST, BAD_REQUEST]
-            # The name is cached: a well-formed request for it still gets its value.
-            reply = await conn.call(8, Op.RETRIEVE, provider="openai", key="api_key")
-            assert reply == {"id": 8, "ok": True, "value": SECRET}
-        finally:
-            await conn.close()
+            )
+            reply = await conn.reply()
+            assert reply["ok"] is False, f"{key}: {reply}"
+            answers.append(failure(reply)[1])
+        assert answers == [BAD_REQUEST, BAD_REQUEST]
+        # The name is cached: a well-formed request for it still gets its value.
+        reply = await conn.call(8, Op.RETRIEVE, provider="openai", key="api_key")
+        assert reply == {"id": 8, "ok": True, "value": SECRET}
 
 
 # -- 16. a value over the limit is invalid, a frame over the limit is too_large ---------------
@@ -295,21 +294,17 @@ async def test_a_cached_name_gets_the_same_checks_as_an_uncached_one(
 async def test_a_value_over_the_limit_is_invalid_and_names_the_limit(
     sock_dir: str, keyfile_store: EncryptedFileStorage
 ) -> None:
-    async with serve(keyfile_store, sock_dir=sock_dir) as served:
-        conn = await RawConnection.open(served.path)
-        try:
-            over = "v" * (MAX_VALUE_BYTES + 1)
-            reply = await conn.call(1, Op.STORE, provider="openai", key="api_key", value=over)
-            assert failure(reply) == (1, INVALID)
-            error = reply["error"]
-            assert isinstance(error, dict)
-            assert str(MAX_VALUE_BYTES) in error["message"]
-            assert "vvvvvvvv" not in error["message"]
-            # Non-fatal: the connection goes on, and nothing was stored.
-            reply = await conn.call(2, Op.RETRIEVE, provider="openai", key="api_key")
-            assert reply == {"id": 2, "ok": True, "value": None}
-        finally:
-            await conn.close()
+    async with connected_to(keyfile_store, sock_dir) as conn:
+        over = "v" * (MAX_VALUE_BYTES + 1)
+        reply = await conn.call(1, Op.STORE, provider="openai", key="api_key", value=over)
+        assert failure(reply) == (1, INVALID)
+        error = reply["error"]
+        assert isinstance(error, dict)
+        assert str(MAX_VALUE_BYTES) in error["message"]
+        assert "vvvvvvvv" not in error["message"]
+        # Non-fatal: the connection goes on, and nothing was stored.
+        reply = await conn.call(2, Op.RETRIEVE, provider="openai", key="api_key")
+        assert reply == {"id": 2, "ok": True, "value": None}
 
 
 async def test_a_frame_over_the_limit_is_still_too_large(
@@ -334,13 +329,10 @@ async def test_a_frame_over_the_limit_is_still_too_large(
                 )
             )[:65_536],
         ):
-            conn = await RawConnection.open(served.path)
-            try:
+            async with raw_connection(served.path) as conn:
                 conn.send(data)
                 assert failure(await conn.reply()) == (None, TOO_LARGE)
                 assert await conn.rest_until_closed() == b""
-            finally:
-                await conn.close()
 
 
 # -- 11. replies buffered for a peer that does not read ------------------------------------
@@ -355,8 +347,7 @@ async def test_a_peer_that_does_not_read_holds_at_most_the_high_water_mark_and_a
     names = {f"{i:05d}-" + "k" * 234: "v" for i in range(3600)}
     keyfile_store.store_many({"bulk": names})
     async with serve(keyfile_store, sock_dir=sock_dir) as served:
-        peer = await RawConnection.open(served.path)
-        try:
+        async with raw_connection(served.path) as peer:
             for request_id in range(20):
                 peer.request(request_id, Op.LIST)
             await asyncio.wait_for(_until_write_paused(served), TIMEOUT)
@@ -369,8 +360,6 @@ async def test_a_peer_that_does_not_read_holds_at_most_the_high_water_mark_and_a
                 reply = await peer.reply()
                 items = reply["items"]
                 assert reply["id"] == request_id and isinstance(items, list) and len(items) == 3600
-        finally:
-            await peer.close()
 
 
 async def _until_write_paused(served: Served) -> None:

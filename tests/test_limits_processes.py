@@ -11,10 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
-import sys
 from contextlib import ExitStack
-
-import pytest
 
 from agent_harness import (
     TIMEOUT,
@@ -22,6 +19,7 @@ from agent_harness import (
     Figures,
     connect,
     frame,
+    linux_only,
     pack,
     vm_rss_kib,
     wait_until,
@@ -29,22 +27,10 @@ from agent_harness import (
 from modelforge_credentials import EncryptedFileStorage
 from modelforge_credentials.client.sync import AgentClient
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc and SO_PEERCRED"
-)
+pytestmark = linux_only("/proc and SO_PEERCRED")
 
 LIST = frame(pack({"v": 1, "id": 1, "op": "list"}))
 GOOD_VALUE = "sk-limits-good-3f9a"
-
-
-@pytest.fixture
-def agents(workspace: AgentWorkspace) -> AgentWorkspace:
-    return workspace
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Figures:
-    return Figures(request.node.name)
 
 
 def store_names(agents: AgentWorkspace, count: int, key_length: int) -> int:

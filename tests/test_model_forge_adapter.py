@@ -97,12 +97,21 @@ def store(tmp_path: Path, fast_kdf: object) -> EncryptedFileStorage:
 # -- the adapter, in-process ------------------------------------------------------------
 
 
-def test_saved_auth_data_reads_back_with_its_json_types_and_never_reaches_the_config(
+def installed_with_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: EncryptedFileStorage
-) -> None:
+) -> tuple[types.ModuleType, Path]:
+    """The fake model-forge with the adapter installed and TOKEN saved through it;
+    the module and its config file."""
     module, config = load_fake(tmp_path, monkeypatch)
     model_forge.install(module, storage=store)
     module.save_auth_data("github_copilot", dict(TOKEN))
+    return module, config
+
+
+def test_saved_auth_data_reads_back_with_its_json_types_and_never_reaches_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: EncryptedFileStorage
+) -> None:
+    module, config = installed_with_token(tmp_path, monkeypatch, store)
     assert not config.exists()
     got = module.get_auth_data("github_copilot")
     assert got == TOKEN
@@ -113,9 +122,7 @@ def test_saved_auth_data_reads_back_with_its_json_types_and_never_reaches_the_co
 def test_a_save_replaces_the_whole_dict_as_model_forge_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: EncryptedFileStorage
 ) -> None:
-    module, _ = load_fake(tmp_path, monkeypatch)
-    model_forge.install(module, storage=store)
-    module.save_auth_data("github_copilot", dict(TOKEN))
+    module, _ = installed_with_token(tmp_path, monkeypatch, store)
     refreshed = {"access_token": "ghu_token_value_0002", "token_type": "bearer"}
     module.save_auth_data("github_copilot", refreshed)
     assert module.get_auth_data("github_copilot") == refreshed

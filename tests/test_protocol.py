@@ -45,7 +45,7 @@ from modelforge_credentials.protocol import (
     parse_request,
     request_message,
 )
-from testkit import frame
+from testkit import PROTOCOL_ERROR_CODES, frame
 
 SECRET = "sk-SECRET-7f3a9c"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -98,18 +98,7 @@ def test_constants() -> None:
     assert PROTOCOL_VERSION == 1
     assert MAX_FRAME_SIZE == 1_048_576
     assert HEADER_SIZE == 4
-    assert ERROR_CODES == {
-        "bad_request",
-        "unsupported_version",
-        "unknown_op",
-        "invalid",
-        "locked",
-        "bad_passphrase",
-        "read_only",
-        "unavailable",
-        "too_large",
-        "internal",
-    }
+    assert ERROR_CODES == PROTOCOL_ERROR_CODES
     assert [op.value for op in Op] == [
         "hello",
         "store",

@@ -17,7 +17,7 @@ come from MODEL_FORGE_RELIABILITY_SEED when set (every failure names the seed).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import os
 import random
@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
@@ -50,13 +50,20 @@ from agent_harness import (
     AgentWorkspace,
     Figures,
     Latencies,
+    NewFileWatch,
     PacedClient,
     ReplyReader,
     closed_by_peer,
     connect,
+    foreign_owned,
     frame,
+    is_temp_name,
+    linux_only,
+    loose_mode,
+    mounted_tmpfs,
     pack,
     read_for,
+    symlinked,
     temp_files,
     vm_rss_kib,
     wait_until,
@@ -68,11 +75,16 @@ from modelforge_credentials.errors import (
     CredentialStorageError,
     CredentialStorageUnavailableError,
 )
-from testkit import FakeClock
-
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc, tmpfs, setpriv and SO_PEERCRED"
+from testkit import (
+    FakeClock,
+    RecordingSleep,
+    WriterReport,
+    crash_value,
+    disk_value,
+    store_until_full,
 )
+
+pytestmark = linux_only("/proc, tmpfs, setpriv and SO_PEERCRED")
 
 FAST_KDF = KdfParams(memory_kib=64, iterations=1, lanes=1)
 PASSPHRASE = "reliability-Passphrase-8086"
@@ -85,16 +97,6 @@ def env_int(name: str, default: int) -> int:
 
 def rng_for(name: str) -> random.Random:
     return random.Random(SEED ^ zlib.crc32(name.encode()))
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Figures:
-    return Figures(request.node.name)
-
-
-@pytest.fixture
-def agents(workspace: AgentWorkspace) -> AgentWorkspace:
-    return workspace
 
 
 def client_for(agents: AgentWorkspace, timeout: float = TIMEOUT) -> AgentClient:
@@ -273,13 +275,15 @@ CRASH_ROUNDS = max(200, env_int("MODEL_FORGE_CRASH_ROUNDS", 200))
 AGENT_CRASH_ROUNDS = env_int("MODEL_FORGE_AGENT_CRASH_ROUNDS", max(20, CRASH_ROUNDS // 10))
 
 
-def crash_value(index: int) -> str:
-    return f"v{index}-" + "x" * (index % 97)
+#: Share of the kills aimed at a temp file's creation (every other round) that must
+#: outlive it: all of them but for a wake-up slower than the rest of the write.
+MIN_MID_WRITE_SHARE = 0.5
 
 
 def fork_writer(directory: Path, first: int) -> tuple[int, int]:
     """A child (forked: no interpreter start-up per round) that stores k<first>,
-    k<first+1>, ... and writes each index to a pipe once the store returned.
+    k<first+1>, ... and reports each store on a pipe: "begin N" before it,
+    "ack N" once it returned (testkit.WriterReport).
 
     Returns the child's pid and the pipe's read end.
     """
@@ -291,8 +295,9 @@ def fork_writer(directory: Path, first: int) -> tuple[int, int]:
             storage = EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=FAST_KDF)
             index = first
             while True:
+                os.write(write_end, f"begin {index}\n".encode())
                 storage.store("crash", f"k{index}", crash_value(index))
-                os.write(write_end, f"{index}\n".encode())
+                os.write(write_end, f"ack {index}\n".encode())
                 index += 1
         finally:
             os._exit(70)  # only reached on an error: the parent sees it was not killed
@@ -300,36 +305,64 @@ def fork_writer(directory: Path, first: int) -> tuple[int, int]:
     return pid, read_end
 
 
-def test_sigkill_never_loses_an_acknowledged_store(
-    tmp_path: Path, agents: AgentWorkspace, figures: Figures
-) -> None:
-    """Two writers killed at random moments, CRASH_ROUNDS and AGENT_CRASH_ROUNDS times.
+def kill_at_next_temp(watch: NewFileWatch, kill: Callable[[], None]) -> None:
+    """``kill()`` as soon as a temp file of an atomic write appears (inotify)."""
+    watch.drain()
+    watch.wait(is_temp_name, TIMEOUT)
+    kill()
 
-    Direct: a forked child storing through EncryptedFileStorage (fast KDF)
-    and acknowledging each store on a pipe. Agent: a real agent process, fed
-    by a client that records each acknowledged store. After every kill: the
-    file still decrypts, every acknowledged store is there, at most the store
-    in flight at the kill landed unacknowledged, and one more store leaves no
-    temp file behind.
-    """
-    rng = rng_for("crash")
-    assert threading.active_count() == 1, "fork needs a single-threaded test process"
 
-    # -- direct writer ----------------------------------------------------------------
-    directory = tmp_path / "direct"
+@dataclass
+class CrashTally:
+    """What one writer's crash rounds found: where the kills landed, what was lost."""
+
+    writer: str
+    rounds: int
+    mid_write: int = 0
+    aimed_landed: int = 0
+    unacked_landed: int = 0
+    lost: list[str] = field(default_factory=list)
+
+    def killed(self, aimed: bool, temps_at_kill: list[Path]) -> None:
+        """One kill; it landed mid-write when the writer's temp file outlived it."""
+        self.mid_write += bool(temps_at_kill)
+        self.aimed_landed += aimed and bool(temps_at_kill)
+
+    def record(self, figures: Figures) -> None:
+        figures.record(f"{self.writer}: rounds", self.rounds)
+        figures.record(f"{self.writer}: kills mid-write", self.mid_write)
+        figures.record(f"{self.writer}: aimed kills mid-write", self.aimed_landed)
+        figures.record(f"{self.writer}: stores landed unacknowledged", self.unacked_landed)
+        figures.record(f"{self.writer}: acknowledged stores lost", len(self.lost))
+
+    def check(self) -> None:
+        assert not self.lost, (
+            f"{self.writer}: {len(self.lost)} acknowledged stores lost: {self.lost[:5]}"
+        )
+        aimed = self.rounds // 2
+        assert self.aimed_landed >= max(1, int(aimed * MIN_MID_WRITE_SHARE)), (
+            f"seed {SEED}: only {self.aimed_landed} of the {aimed} kills of the "
+            f"{self.writer} aimed at a write landed in it"
+        )
+
+
+def direct_crash_rounds(directory: Path, rng: random.Random, figures: Figures) -> CrashTally:
+    """CRASH_ROUNDS kills of a forked writer (see the test)."""
+    tally = CrashTally("direct writer", CRASH_ROUNDS)
     storage = EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=FAST_KDF)
     storage.store("crash", "seed", "seed-value")
     acknowledged: dict[str, str] = {"seed": "seed-value"}
-    next_index = 0
-    direct_mid_write = direct_unacked_landed = 0
-    direct_lost: list[str] = []
+    next_index = in_store = 0
+    watch = NewFileWatch(directory)
     began = time.monotonic()
     for round_number in range(CRASH_ROUNDS):
         where = f"direct round {round_number} (seed {SEED})"
+        aimed = round_number % 2 == 1
         pid, fd = fork_writer(directory, next_index)
         try:
             early = read_for(fd, rng.uniform(0.0, 0.03))
-            os.kill(pid, signal.SIGKILL)
+            kill = functools.partial(os.kill, pid, signal.SIGKILL)
+            kill_at_next_temp(watch, kill) if aimed else kill()
             _, status = os.waitpid(pid, 0)
             temps_at_kill = temp_files(directory)
             output = early + read_for(fd, TIMEOUT)
@@ -338,109 +371,134 @@ def test_sigkill_never_loses_an_acknowledged_store(
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
             f"{where}: the writer died by itself (status {status:#x})"
         )
-        direct_mid_write += bool(temps_at_kill)
-        acks = [int(line) for line in output.decode().split()]
-        acknowledged.update({f"k{i}": crash_value(i) for i in acks})
-        last = max(acks, default=next_index - 1)
+        report = WriterReport.parse(output)
+        assert report.in_store is not None or not temps_at_kill, (
+            f"{where}: a temp file survived a writer that had no store in flight"
+        )
+        in_store += report.in_store is not None
+        tally.killed(aimed, temps_at_kill)
+        acknowledged.update({f"k{i}": crash_value(i) for i in report.acks})
+        last = max(report.acks, default=next_index - 1)
         stored = EncryptedFileStorage(directory, passphrase=PASSPHRASE, kdf=FAST_KDF).load()
         stored_crash = stored.get("crash", {})
-        direct_lost += [
-            f"{where}: {k}" for k, v in acknowledged.items() if stored_crash.get(k) != v
-        ]
+        tally.lost += [f"{where}: {k}" for k, v in acknowledged.items() if stored_crash.get(k) != v]
         unacked = set(stored_crash) - set(acknowledged)
         assert unacked <= {f"k{last + 1}"}, f"{where}: keys never stored: {sorted(unacked)}"
-        direct_unacked_landed += len(unacked)
+        tally.unacked_landed += len(unacked)
         acknowledged = dict(stored_crash)
         next_index = last + 2
         storage.store("crash", f"after-{round_number}", "after")
         acknowledged[f"after-{round_number}"] = "after"
         assert temp_files(directory) == [], f"{where}: a store after the crash left temps"
-    direct_seconds = time.monotonic() - began
+    watch.close()
+    tally.record(figures)
+    figures.record("direct writer: kills inside a store (its own report)", in_store)
+    figures.record("direct writer: time for all rounds", time.monotonic() - began, "s")
+    return tally
 
-    # -- agent ----------------------------------------------------------------------------
+
+def feed_stores(
+    client: AgentClient, first: int, acks: list[int], killed: threading.Event, failures: list[str]
+) -> None:
+    """Stores k<first>, k<first+1>, ... until the agent goes; each acknowledged index
+    lands in ``acks``, a failure before ``killed`` is set in ``failures``."""
+    index = first
+    try:
+        while True:
+            client.store("crash", f"k{index}", crash_value(index))
+            acks.append(index)
+            index += 1
+    except CredentialStorageError as err:
+        if not killed.is_set():
+            failures.append(f"{type(err).__name__}: {err}")
+    finally:
+        client.close()
+
+
+def agent_crash_rounds(agents: AgentWorkspace, rng: random.Random, figures: Figures) -> CrashTally:
+    """AGENT_CRASH_ROUNDS kills of a real agent fed by a client (see the test)."""
+    tally = CrashTally("agent", AGENT_CRASH_ROUNDS)
     EncryptedFileStorage(agents.config, passphrase=PASSPHRASE, kdf=FAST_KDF).store(
         "crash", "seed", "seed-value"
     )
-    agent_acked: dict[str, str] = {"seed": "seed-value"}
+    acknowledged: dict[str, str] = {"seed": "seed-value"}
     agent = agents.serve()
     next_index = 0
-    agent_mid_write = agent_unacked_landed = 0
-    agent_lost: list[str] = []
+    watch = NewFileWatch(agents.config)
     began = time.monotonic()
     for round_number in range(AGENT_CRASH_ROUNDS):
         where = f"agent round {round_number} (seed {SEED})"
+        aimed = round_number % 2 == 1
         client = client_for(agents, timeout=10)
         client.unlock(PASSPHRASE)
         acks: list[int] = []
         killed = threading.Event()
         failures: list[str] = []
-
-        def feed(
-            first: int,
-            client: AgentClient = client,
-            acks: list[int] = acks,
-            killed: threading.Event = killed,
-            failures: list[str] = failures,
-        ) -> None:
-            index = first
-            try:
-                while True:
-                    client.store("crash", f"k{index}", crash_value(index))
-                    acks.append(index)
-                    index += 1
-            except CredentialStorageError as err:
-                if not killed.is_set():
-                    failures.append(f"{type(err).__name__}: {err}")
-            finally:
-                client.close()
-
-        feeder = threading.Thread(target=feed, args=(next_index,), daemon=True)
+        feeder = threading.Thread(
+            target=feed_stores, args=(client, next_index, acks, killed, failures), daemon=True
+        )
         feeder.start()
         # The kill's random moment (a few stores in, or in the middle of one).
         time.sleep(rng.uniform(0.005, 0.08))
         killed.set()
-        agent.kill()
+        kill_at_next_temp(watch, agent.kill) if aimed else agent.kill()
         temps_at_kill = temp_files(agents.config)
         feeder.join(timeout=TIMEOUT)
         assert not feeder.is_alive(), f"{where}: the client hung after the kill"
         assert not failures, f"{where}: stores failed before the kill: {failures}"
-        agent_mid_write += bool(temps_at_kill)
-        agent_acked.update({f"k{i}": crash_value(i) for i in acks})
+        tally.killed(aimed, temps_at_kill)
+        acknowledged.update({f"k{i}": crash_value(i) for i in acks})
         last = max(acks, default=next_index - 1)
 
         agent = agents.serve()
         with client_for(agents) as check:
             check.unlock(PASSPHRASE)
             names = {k for p, k in check.list_keys("crash")}
-            agent_lost += [
+            tally.lost += [
                 f"{where}: {k}"
-                for k, v in agent_acked.items()
+                for k, v in acknowledged.items()
                 if k not in names or check.retrieve("crash", k) != v
             ]
-            unacked = names - set(agent_acked)
+            unacked = names - set(acknowledged)
             assert unacked <= {f"k{last + 1}"}, f"{where}: keys never stored: {sorted(unacked)}"
-            agent_unacked_landed += len(unacked)
-            agent_acked.update({k: crash_value(int(k[1:])) for k in unacked})
+            tally.unacked_landed += len(unacked)
+            acknowledged.update({k: crash_value(int(k[1:])) for k in unacked})
             check.store("crash", f"after-{round_number}", "after")
-            agent_acked[f"after-{round_number}"] = "after"
+            acknowledged[f"after-{round_number}"] = "after"
         next_index = last + 2
         assert temp_files(agents.config) == [], f"{where}: a store after the crash left temps"
-    agent_seconds = time.monotonic() - began
-    per_round = agent_seconds / AGENT_CRASH_ROUNDS
-
-    figures.record("direct writer: rounds", CRASH_ROUNDS)
-    figures.record("direct writer: kills mid-write", direct_mid_write)
-    figures.record("direct writer: stores landed unacknowledged", direct_unacked_landed)
-    figures.record("direct writer: acknowledged stores lost", len(direct_lost))
-    figures.record("direct writer: time for all rounds", direct_seconds, "s")
-    figures.record("agent: rounds", AGENT_CRASH_ROUNDS)
-    figures.record("agent: kills mid-write", agent_mid_write)
-    figures.record("agent: stores landed unacknowledged", agent_unacked_landed)
-    figures.record("agent: acknowledged stores lost", len(agent_lost))
+    watch.close()
+    per_round = (time.monotonic() - began) / AGENT_CRASH_ROUNDS
+    tally.record(figures)
     figures.record("agent: time per round (start, stores, kill, checks)", per_round, "s")
     figures.record("agent: projected time for 200 rounds", per_round * 200, "s")
-    assert not direct_lost, f"{len(direct_lost)} acknowledged stores lost: {direct_lost[:5]}"
-    assert not agent_lost, f"{len(agent_lost)} acknowledged stores lost: {agent_lost[:5]}"
+    return tally
+
+
+def test_sigkill_never_loses_an_acknowledged_store(
+    tmp_path: Path, agents: AgentWorkspace, figures: Figures
+) -> None:
+    """Two writers killed at random moments, CRASH_ROUNDS and AGENT_CRASH_ROUNDS times.
+
+    Direct: a forked child storing through EncryptedFileStorage (fast KDF)
+    and reporting each store on a pipe. Agent: a real agent process, fed by a
+    client that records each acknowledged store. After every kill: the file
+    still decrypts, every acknowledged store is there, at most the store in
+    flight at the kill landed unacknowledged, and one more store leaves no
+    temp file behind.
+
+    Every other round the kill waits, after its random moment, for the next
+    temp file of an atomic write (inotify). A kill landed mid-write when the
+    writer's temp file outlived it (the direct writer's own report must then
+    show a store in flight); at least MIN_MID_WRITE_SHARE of the aimed kills
+    of each writer must land so.
+    """
+    rng = rng_for("crash")
+    assert threading.active_count() == 1, "fork needs a single-threaded test process"
+    direct = direct_crash_rounds(tmp_path / "direct", rng, figures)
+    agent = agent_crash_rounds(agents, rng, figures)
+    direct.check()
+    agent.check()
 
 
 # == 3. a full disk under the agent ========================================================
@@ -449,24 +507,13 @@ def test_sigkill_never_loses_an_acknowledged_store(
 @pytest.fixture
 def small_tmpfs(agents: AgentWorkspace) -> Iterator[Path]:
     """A 512 KiB tmpfs inside the workspace, unmounted afterwards (skips if not allowed)."""
-    mount_point = agents.base / "tmpfs"
-    mount_point.mkdir(mode=0o700)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or result.returncode}")
-    try:
-        yield mount_point
-    finally:
-        # Agents first: nothing may hold the file system when it is unmounted.
-        for agent in agents.agents:
-            agent.kill()
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted_tmpfs(agents.base / "tmpfs", "512k") as mount_point:
+        try:
+            yield mount_point
+        finally:
+            # Agents first: nothing may hold the file system when it is unmounted.
+            for agent in agents.agents:
+                agent.kill()
 
 
 def test_disk_full_through_the_agent(
@@ -479,26 +526,16 @@ def test_disk_full_through_the_agent(
     filler = small_tmpfs / "filler"
     filler.write_bytes(bytes(256 * 1024))
     path = config / "credentials.enc"
-    stored: dict[str, str] = {}
-
-    def value(index: int) -> str:
-        return f"disk-SECRET-{index:04d}-" + "v" * 8000
-
     client = client_for(agents)
-    failure: CredentialStorageError | None = None
-    for index in range(64):
-        before = path.read_bytes() if path.exists() else None
-        try:
-            client.store("disk", f"k{index}", value(index))
-        except CredentialStorageError as err:
-            failure, failed_index = err, index
-            break
-        stored[f"k{index}"] = value(index)
-    else:
-        pytest.fail("the 512 KiB tmpfs never filled up")
+    full = store_until_full(
+        lambda key, value: client.store("disk", key, value),
+        CredentialStorageError,
+        lambda: path.read_bytes() if path.exists() else None,
+    )
+    stored, failure, failed_index, before = full.stored, full.failure, full.index, full.before
     assert before is not None, f"the very first store failed: {failure}"
 
-    cli = agents.cli("set", "disk", f"k{failed_index}", input=value(failed_index))
+    cli = agents.cli("set", "disk", f"k{failed_index}", input=disk_value(failed_index))
     identical = path.read_bytes() == before
     leftovers = temp_files(config)
     reads_ok = client.list_keys("disk") == sorted(("disk", k) for k in stored) and all(
@@ -506,8 +543,8 @@ def test_disk_full_through_the_agent(
     )
     cli_get = agents.cli("get", "disk", "k0")
     filler.unlink()
-    client.store("disk", f"k{failed_index}", value(failed_index))
-    stored[f"k{failed_index}"] = value(failed_index)
+    client.store("disk", f"k{failed_index}", disk_value(failed_index))
+    stored[f"k{failed_index}"] = disk_value(failed_index)
     recovered = EncryptedFileStorage(config).load() == {"disk": stored}
     client.close()
     assert agent.running()
@@ -526,7 +563,7 @@ def test_disk_full_through_the_agent(
     assert identical
     assert leftovers == []
     assert reads_ok
-    assert cli_get.returncode == 0 and cli_get.stdout == value(0) + "\n", cli_get.stderr
+    assert cli_get.returncode == 0 and cli_get.stdout == disk_value(0) + "\n", cli_get.stderr
     assert recovered
     assert "disk-SECRET" not in agent.log_text()
 
@@ -1315,33 +1352,14 @@ def test_another_uid_gets_no_reply_even_through_an_open_socket(
     assert agent.running() and hello_works(agents)
 
 
-def _loose(mode: int) -> Callable[[Path], None]:
-    def prepare(directory: Path) -> None:
-        directory.mkdir(mode=0o700)
-        directory.chmod(mode)
-
-    return prepare
-
-
-def _symlink(directory: Path) -> None:
-    real = directory.parent / "real"
-    real.mkdir(mode=0o700)
-    directory.symlink_to(real)
-
-
-def _foreign_owner(directory: Path) -> None:
-    directory.mkdir(mode=0o700)
-    os.chown(directory, NOBODY, NOBODY)
-
-
 UNSAFE_DIRS: dict[str, Callable[[Path], None]] = {
-    "mode 0755": _loose(0o755),
-    "mode 0750": _loose(0o750),
-    "mode 0770": _loose(0o770),
-    "mode 0701": _loose(0o701),
-    "mode 0707": _loose(0o707),
-    "symlink to a private dir": _symlink,
-    "owned by uid 65534": _foreign_owner,
+    "mode 0755": loose_mode(0o755),
+    "mode 0750": loose_mode(0o750),
+    "mode 0770": loose_mode(0o770),
+    "mode 0701": loose_mode(0o701),
+    "mode 0707": loose_mode(0o707),
+    "symlink to a private dir": symlinked,
+    "owned by uid 65534": foreign_owned,
 }
 
 
@@ -1380,19 +1398,6 @@ def test_unsafe_socket_directories_are_refused(
 # == 6. wrong passphrases ===================================================================
 
 WRONG_UNLOCKS = 100
-
-
-class RecordingSleep:
-    """The anti-guessing delay, recorded and added to the fake clock instead of waited."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        self.clock.now += delay
-        await asyncio.sleep(0)
 
 
 def protected_store(directory: Path) -> bytes:
@@ -1512,19 +1517,8 @@ def test_the_agent_cannot_dump_core_and_is_not_dumpable(
     if why_not is not None:
         pytest.skip(f"uid {NOBODY} cannot import the package: {why_not}")
 
-    agents.base.chmod(0o711)  # uid 65534 reaches its own directory inside
-    home = agents.base / "nobody"
-    home.mkdir(mode=0o700)
-    os.chown(home, NOBODY, NOBODY)
-    env = {**agents.env, "HOME": str(home), CONFIG_VAR: str(home / "config")}
-    plain = subprocess.Popen(
-        [*AS_NOBODY, sys.executable, "-I", "-S", "-c", "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        env=env,
-    )
-    agents.others.append(plain)  # type: ignore[arg-type]
-    plain_environ = Path(f"/proc/{plain.pid}/environ")
-    wait_until(lambda: plain_environ.stat().st_uid == NOBODY, 10, "the control to run as nobody")
+    home, env = agents.home_for_nobody()
+    agents.nobody_control(env)
     nobody = agents.serve(
         socket=home / "s" / "agent.sock", prefix=AS_NOBODY, env=env, log=home / "agent.log"
     )

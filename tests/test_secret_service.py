@@ -28,6 +28,7 @@ import keyring.core
 import pytest
 from keyring.backends import SecretService
 
+from agent_harness import started_secret_service, stop_process
 from modelforge_credentials import (
     AutoStorage,
     CredentialLockedError,
@@ -36,7 +37,7 @@ from modelforge_credentials import (
     KeyringStorage,
 )
 from modelforge_credentials.client import AgentClient
-from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession
+from realpeers import REQUIRE_VARIABLE, SecretServiceSession
 
 pytestmark = pytest.mark.secret_service
 
@@ -131,13 +132,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
 
     yield start
     for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -263,13 +258,7 @@ def test_auto_storage_picks_the_encrypted_file_when_the_bus_is_dead(
 def private_secret_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretServiceSession]:
     """A gnome-keyring of this test's own, free to be locked."""
     session = SecretServiceSession()
-    try:
-        env = session.start()
-    except (PeerUnavailable, TimeoutError) as err:
-        session.stop()
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"a Secret Service is required here ({REQUIRE_VARIABLE}=1): {err}")
-        pytest.skip(f"no Secret Service: {err}")
+    env = started_secret_service(session)
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", env["DBUS_SESSION_BUS_ADDRESS"])
     monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
     keyring.set_keyring(SecretService.Keyring())

@@ -38,6 +38,7 @@ from modelforge_credentials import (
 )
 from modelforge_credentials.backends.auto import select_backend
 from modelforge_credentials.migrate import MigrationError
+from testkit import PROTOCOL_ERROR_CODES
 
 SECRET = "sk-selection-3e7d1f0b9a"
 
@@ -460,18 +461,7 @@ def test_every_exception_is_a_credential_storage_error() -> None:
 def test_errors_by_code_covers_the_protocol() -> None:
     from modelforge_credentials.protocol.errors import ERROR_CODES
 
-    expected = {
-        "bad_request",
-        "unsupported_version",
-        "unknown_op",
-        "invalid",
-        "locked",
-        "bad_passphrase",
-        "read_only",
-        "unavailable",
-        "too_large",
-        "internal",
-    }
+    expected = PROTOCOL_ERROR_CODES
     assert expected == set(ERROR_CODES)
     assert expected <= set(errors.ERRORS_BY_CODE)
     for code, cls in errors.ERRORS_BY_CODE.items():

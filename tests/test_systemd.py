@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 
 import modelforge_credentials as credentials_pkg
+from agent_harness import stop_process
 from modelforge_credentials import services
 from modelforge_credentials.client import AgentClient
 from modelforge_credentials.daemon import activation, service
@@ -61,16 +62,6 @@ def need(*programs: str) -> None:
     for program in programs:
         if shutil.which(program) is None:
             pytest.skip(f"{program} is not installed (Debian package: systemd)")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- shipped files ---------------------------------------------------------------

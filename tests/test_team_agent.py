@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent_harness import AgentWorkspace
-from openbao_harness import DevServer, hvac
+from openbao_harness import DevServer, hvac, running_dev_server
 
 TEAM = "ml-team"
 POLICY = 'path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }'
@@ -28,21 +28,14 @@ PLUGIN = "modelforge_credentials.keyring_backend.AgentKeyring"
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path).start()
-    try:
+    with running_dev_server(tmp_path) as server:
         server.client().sys.create_or_update_policy(name="team", policy=POLICY)
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
-def ws() -> Iterator[AgentWorkspace]:
-    workspace = AgentWorkspace(dict(os.environ))
-    try:
-        yield workspace
-    finally:
-        workspace.close()
+def ws(workspace: AgentWorkspace) -> AgentWorkspace:
+    return workspace
 
 
 def member_token(bao: DevServer, **options: object) -> str:
@@ -52,9 +45,7 @@ def member_token(bao: DevServer, **options: object) -> str:
 
 
 def ok(ws: AgentWorkspace, *args: str, input: str | None = None) -> str:
-    done = ws.cli(*args, input=input)
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
+    return ws.ok(*args, input=input)
 
 
 def joined(ws: AgentWorkspace, bao: DevServer, token: str) -> list[str]:

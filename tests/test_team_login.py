@@ -4,21 +4,21 @@ dev server), a refused password, and TLS verified against a CA the test made."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent_harness import AgentWorkspace
-from openbao_harness import Cluster, DevServer, make_ca_and_cert
+from openbao_harness import DevServer, make_ca_and_cert, running_cluster, running_dev_server
 from test_team_agent import POLICY, TEAM, member_token, ok
+
+ALICE_USERPASS_LOGIN = ("team", "login", TEAM, "--method", "userpass", "--username", "alice")
 
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path).start()
-    try:
+    with running_dev_server(tmp_path) as server:
         client = server.client()
         client.sys.create_or_update_policy(name="team", policy=POLICY)
         client.sys.enable_auth_method("userpass")
@@ -29,18 +29,12 @@ def bao(tmp_path: Path) -> Iterator[DevServer]:
         client.auth.approle.create_or_update_approle("member", token_policies=["team"])
         server.cli("kv", "put", f"secret/{TEAM}/openai", "api_key=sk-team-1")
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
-def ws() -> Iterator[AgentWorkspace]:
-    workspace = AgentWorkspace(dict(os.environ))
-    try:
-        workspace.serve("--idle-timeout", "0")
-        yield workspace
-    finally:
-        workspace.close()
+def ws(workspace: AgentWorkspace) -> AgentWorkspace:
+    workspace.serve("--idle-timeout", "0")
+    return workspace
 
 
 def team_status(ws: AgentWorkspace) -> dict[str, object]:
@@ -50,30 +44,11 @@ def team_status(ws: AgentWorkspace) -> dict[str, object]:
 
 def test_userpass_login(bao: DevServer, ws: AgentWorkspace) -> None:
     ok(ws, "team", "add", TEAM, "--url", bao.url)
-    done = ws.cli(
-        "team",
-        "login",
-        TEAM,
-        "--method",
-        "userpass",
-        "--username",
-        "alice",
-        input="wrong-password\n",
-    )
+    done = ws.cli(*ALICE_USERPASS_LOGIN, input="wrong-password\n")
     assert done.returncode == 4 and "login was refused" in done.stderr
     assert "wrong-password" not in done.stderr + done.stdout
     assert ws.cli("get", "openai", "api_key").returncode == 1
-    ok(
-        ws,
-        "team",
-        "login",
-        TEAM,
-        "--method",
-        "userpass",
-        "--username",
-        "alice",
-        input="alice-password-7f3a\n",
-    )
+    ok(ws, *ALICE_USERPASS_LOGIN, input="alice-password-7f3a\n")
     assert ok(ws, "get", "openai", "api_key") == "sk-team-1\n"
     status = team_status(ws)
     assert (status["method"], status["login_name"], status["state"]) == ("userpass", "alice", "ok")
@@ -125,9 +100,7 @@ def test_a_revoked_token_asks_for_team_login(bao: DevServer, ws: AgentWorkspace)
 
 def test_tls_with_the_team_ca(tmp_path: Path, ws: AgentWorkspace) -> None:
     ca, cert, key = make_ca_and_cert(tmp_path)
-    cluster = Cluster(tmp_path, size=1, ca=ca, tls=(cert, key))
-    try:
-        cluster.start()
+    with running_cluster(tmp_path, size=1, ca=ca, tls=(cert, key)) as cluster:
         cluster.cli("kv", "put", f"secret/{TEAM}/openai", "api_key=sk-over-tls")
         # Without the CA: the certificate cannot be verified, and the message says what to pass.
         ok(ws, "team", "add", TEAM, "--url", cluster.url)
@@ -139,5 +112,3 @@ def test_tls_with_the_team_ca(tmp_path: Path, ws: AgentWorkspace) -> None:
         report = json.loads(ws.cli("doctor", "--json").stdout)
         team = report["teams"][0]
         assert team["tls"] == "verified" and team["reachable"] and team["sealed"] is False
-    finally:
-        cluster.close()

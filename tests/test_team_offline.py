@@ -12,17 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent_harness import AgentWorkspace
-from openbao_harness import Cluster
+from openbao_harness import Cluster, running_cluster
 from test_team_agent import TEAM, ok
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    server = Cluster(tmp_path, size=1)
-    try:
-        yield server.start()
-    finally:
-        server.close()
+    with running_cluster(tmp_path, size=1) as nodes:
+        yield nodes
 
 
 def test_server_down_then_back(cluster: Cluster) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from agent_harness import AgentWorkspace
 from modelforge_credentials.client.sync import AgentClient
-from openbao_harness import Cluster, wait_for
+from openbao_harness import Cluster, running_cluster, wait_for
 from test_team_agent import TEAM, ok
 
 pytestmark = pytest.mark.slow
@@ -25,11 +25,8 @@ PATH = f"secret/{TEAM}/openai"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path, size=3)
-    try:
-        yield nodes.start()
-    finally:
-        nodes.close()
+    with running_cluster(tmp_path, size=3) as nodes:
+        yield nodes
 
 
 class Reader(threading.Thread):
