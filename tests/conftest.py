@@ -15,9 +15,10 @@ from keyring.backends import fail
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from agent_harness import AgentWorkspace  # noqa: E402
-from modelforge_credentials import EncryptedFileStorage, KdfParams  # noqa: E402
-from realpeers import REQUIRE_VARIABLE, PeerUnavailable, SecretServiceSession  # noqa: E402
+from agent_harness import AgentWorkspace, Figures, started_secret_service  # noqa: E402
+from modelforge_credentials import EncryptedFileStorage, KdfParams, settings  # noqa: E402
+from modelforge_credentials.daemon.loop import ASYNCIO_LOOP, LoopFactory  # noqa: E402
+from realpeers import SecretServiceSession  # noqa: E402
 
 #: Argon2id at its minimum: tests exercise the format, not the KDF's cost.
 FAST_KDF = KdfParams(memory_kib=64, iterations=1, lanes=1)
@@ -35,6 +36,21 @@ _ISOLATED_VARS = (
 )
 
 
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, LoopFactory]:
+    """Every asyncio test runs on each event loop the agent may serve on
+    (daemon/loop.py): asyncio's, and uvloop's where it is installed. Agent
+    processes take MODEL_FORGE_EVENT_LOOP, which isolation keeps."""
+    factories: dict[str, LoopFactory] = {"asyncio": ASYNCIO_LOOP}
+    try:
+        import uvloop
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -45,7 +61,7 @@ def isolated_environment(
     for name in _ISOLATED_VARS:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
-        if name.startswith(("MODEL_FORGE_", "MODELFORGE_")):
+        if name.startswith(("MODEL_FORGE_", "MODELFORGE_")) and name != settings.EVENT_LOOP:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
@@ -74,6 +90,18 @@ def workspace(isolated_environment: Path) -> Iterator[AgentWorkspace]:
 
 
 @pytest.fixture
+def agents(workspace: AgentWorkspace) -> AgentWorkspace:
+    """The workspace, under the name the real-process suites use for it."""
+    return workspace
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """This test's figures (JSON lines in $MODEL_FORGE_RELIABILITY_REPORT)."""
+    return Figures(request.node.name)
+
+
+@pytest.fixture
 def fast_kdf() -> KdfParams:
     return FAST_KDF
 
@@ -97,13 +125,7 @@ def keyfile_store(tmp_path: Path, fast_kdf: KdfParams) -> EncryptedFileStorage:
 def secret_service_session() -> Iterator[dict[str, str]]:
     """A private, unlocked gnome-keyring; skips (or fails in CI) when absent."""
     session = SecretServiceSession()
-    try:
-        env = session.start()
-    except (PeerUnavailable, TimeoutError) as err:
-        session.stop()
-        if os.environ.get(REQUIRE_VARIABLE) == "1":
-            pytest.fail(f"a Secret Service is required here ({REQUIRE_VARIABLE}=1): {err}")
-        pytest.skip(f"no Secret Service: {err}")
+    env = started_secret_service(session)
     yield env
     session.stop()
 

@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
@@ -28,6 +29,7 @@ from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.client.aio import AsyncAgentClient
 from modelforge_credentials.client.sync import AgentNotRunningError
 from modelforge_credentials.daemon.dispatch import dispatch
+from modelforge_credentials.daemon.loop import loop_factory
 from modelforge_credentials.daemon.server import AgentServer
 from modelforge_credentials.daemon.state import Agent, AgentConfig
 from modelforge_credentials.errors import (
@@ -51,7 +53,7 @@ from modelforge_credentials.protocol import (
     parse_request,
     request_message,
 )
-from testkit import FakeClock, frame, map_frame
+from testkit import FakeClock, RecordingSleep, frame, map_frame
 
 SECRET = "sk-inproc-4b1d9e7c2a"
 SECRET2 = "sk-inproc-other-88a0f3"
@@ -62,19 +64,6 @@ TIMEOUT = 10.0
 
 
 # -- time ----------------------------------------------------------------------
-
-
-class FakeSleep:
-    """Records each requested delay and advances the clock instead of waiting."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        self.clock.advance(delay)
-        await asyncio.sleep(0)
 
 
 class StuckSleep:
@@ -109,7 +98,7 @@ class Served:
 
     @property
     def delays(self) -> list[float]:
-        assert isinstance(self.sleep, FakeSleep)
+        assert isinstance(self.sleep, RecordingSleep)
         return self.sleep.delays
 
 
@@ -123,7 +112,7 @@ async def serve(
     **server_options: object,
 ) -> AsyncIterator[Served]:
     clock = FakeClock()
-    sleep = sleep or FakeSleep(clock)
+    sleep = sleep or RecordingSleep(clock)
     path = os.path.join(sock_dir, "agent.sock")
     sock = listening_socket(path)
     agent = Agent(backend, config or AgentConfig(), clock=clock, sleep=sleep)  # type: ignore[arg-type]
@@ -141,6 +130,15 @@ async def serve(
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+@contextlib.asynccontextmanager
+async def serve_client(
+    backend: object, config: AgentConfig | None = None, **options: Any
+) -> AsyncIterator[tuple[Served, AsyncAgentClient]]:
+    """:func:`serve`, with an asyncio client connected to it."""
+    async with serve(backend, config, **options) as served, AsyncAgentClient(served.path) as client:
+        yield served, client
 
 
 class RawConnection:
@@ -232,10 +230,7 @@ def agent_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFix
 async def test_every_operation_through_the_async_client(
     sock_dir: str, keyfile_store: EncryptedFileStorage, fast_kdf: KdfParams
 ) -> None:
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         hello = await client.hello()
         assert hello["protocol"] == 1
         assert hello["agent"] == __version__
@@ -289,12 +284,13 @@ async def test_every_operation_through_the_async_client(
 
 
 class AgentThread:
-    """An agent served by its own event loop on a background thread (for sync clients)."""
+    """An agent served by its own event loop on a background thread (for sync
+    clients), the loop ``serve`` would choose (MODEL_FORGE_EVENT_LOOP)."""
 
     def __init__(self, backend: object, path: str) -> None:
         self.backend = backend
         self.path = path
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()()
         self.server: AgentServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -396,10 +392,7 @@ def test_agent_storage_without_an_agent_says_so(sock_dir: str) -> None:
 async def test_invalid_names_become_validation_errors(
     sock_dir: str, keyfile_store: EncryptedFileStorage, provider: str, key: str
 ) -> None:
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         with pytest.raises(CredentialValidationError) as info:
             await client.store(provider, key, SECRET)
         assert SECRET not in str(info.value)
@@ -411,10 +404,7 @@ async def test_invalid_names_become_validation_errors(
 async def test_too_large_value_is_refused_and_nothing_stored(
     sock_dir: str, keyfile_store: EncryptedFileStorage
 ) -> None:
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         with pytest.raises((CredentialTooLargeError, CredentialValidationError)) as info:
             await client.store("openai", "api_key", SECRET + "a" * (65_537 - len(SECRET)))
         assert isinstance(info.value, CredentialValidationError)
@@ -429,10 +419,7 @@ async def test_locked_and_bad_passphrase_errors(
     sock_dir: str, protected_dir: Path, fast_kdf: KdfParams
 ) -> None:
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
-    async with (
-        serve(backend, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(backend, sock_dir=sock_dir) as (served, client):
         with pytest.raises(CredentialLockedError):
             await client.retrieve("openai", "api_key")
         with pytest.raises(CredentialBadPassphraseError) as info:
@@ -444,10 +431,7 @@ async def test_locked_and_bad_passphrase_errors(
 
 async def test_env_backend_is_read_only_but_readable(sock_dir: str) -> None:
     environ = {"MODEL_FORGE_OPENAI_API_KEY": SECRET}
-    async with (
-        serve(EnvVarStorage(environ), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(EnvVarStorage(environ), sock_dir=sock_dir) as (served, client):
         assert (await client.hello())["backend"] == "env"
         assert await client.retrieve("openai", "api_key") == SECRET
         assert await client.exists("openai", "api_key") is True
@@ -500,10 +484,7 @@ async def test_fatal_frame_gets_one_reply_then_close(
 async def test_fatal_error_does_not_disturb_a_concurrent_pipeline(
     sock_dir: str, keyfile_store: EncryptedFileStorage
 ) -> None:
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         await client.store("p", "k", SECRET)
         bad = await RawConnection.open(served.path)
         try:
@@ -609,9 +590,9 @@ async def test_two_hundred_concurrent_calls_on_one_client(
     directory = tmp_path / "cfg"
     writer = EncryptedFileStorage(directory, kdf=fast_kdf)
     writer.store_many({"p": {f"k{i}": f"value-{i}" for i in range(20)}})
-    async with (
-        serve(EncryptedFileStorage(directory, kdf=fast_kdf), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
+    async with serve_client(EncryptedFileStorage(directory, kdf=fast_kdf), sock_dir=sock_dir) as (
+        served,
+        client,
     ):
         await client.hello()
         # Changed behind the agent's back: the first call needs the backend.
@@ -652,10 +633,7 @@ async def test_passphrase_store_lock_and_unlock(
     before = store_file.read_bytes()
     config = AgentConfig(unlock_delay_cap=4.0)
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
-    async with (
-        serve(backend, config, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(backend, config, sock_dir=sock_dir) as (served, client):
         assert (await client.hello())["locked"] is True
         status = await client.status()
         assert status["locked"] is True
@@ -707,10 +685,7 @@ async def test_file_reprotected_elsewhere_relocks_the_agent(
     sock_dir: str, protected_dir: Path, fast_kdf: KdfParams
 ) -> None:
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
-    async with (
-        serve(backend, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(backend, sock_dir=sock_dir) as (served, client):
         await client.unlock(PASSPHRASE)
         assert await client.retrieve("openai", "api_key") == SECRET
         other = EncryptedFileStorage(protected_dir, passphrase=PASSPHRASE, kdf=fast_kdf)
@@ -758,9 +733,9 @@ async def test_idle_timeout_locks_and_status_is_not_activity(
     sock_dir: str, protected_dir: Path, fast_kdf: KdfParams
 ) -> None:
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
-    async with (
-        serve(backend, AgentConfig(idle_timeout=60), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
+    async with serve_client(backend, AgentConfig(idle_timeout=60), sock_dir=sock_dir) as (
+        served,
+        client,
     ):
         await client.unlock(PASSPHRASE)
         for _ in range(3):
@@ -798,10 +773,7 @@ async def test_no_idle_timeout_never_locks(
 ) -> None:
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
     config = AgentConfig(idle_timeout=idle_timeout)
-    async with (
-        serve(backend, config, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(backend, config, sock_dir=sock_dir) as (served, client):
         await client.unlock(PASSPHRASE)
         served.clock.advance(10**7)
         served.agent.check_timers()
@@ -817,10 +789,7 @@ async def test_max_unlock_locks_despite_activity(
 ) -> None:
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
     config = AgentConfig(idle_timeout=60, max_unlock=300)
-    async with (
-        serve(backend, config, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(backend, config, sock_dir=sock_dir) as (served, client):
         await client.unlock(PASSPHRASE)
         for _ in range(5):
             served.clock.advance(50)
@@ -840,10 +809,9 @@ async def test_max_unlock_locks_despite_activity(
 
 async def test_env_values_are_cached_until_the_ttl(sock_dir: str) -> None:
     environ = {"MODEL_FORGE_OPENAI_API_KEY": "first-value"}
-    async with (
-        serve(EnvVarStorage(environ), AgentConfig(cache_ttl=5), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(
+        EnvVarStorage(environ), AgentConfig(cache_ttl=5), sock_dir=sock_dir
+    ) as (served, client):
         assert await client.retrieve("openai", "api_key") == "first-value"
         assert await client.retrieve("anthropic", "api_key") is None
         environ["MODEL_FORGE_OPENAI_API_KEY"] = "second-value"
@@ -863,10 +831,7 @@ async def test_env_values_are_cached_until_the_ttl(sock_dir: str) -> None:
 async def test_file_changed_by_another_writer_is_seen(
     sock_dir: str, keyfile_store: EncryptedFileStorage, fast_kdf: KdfParams
 ) -> None:
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         await client.store("openai", "api_key", SECRET)
         assert await client.retrieve("openai", "api_key") == SECRET
         other = EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf)
@@ -886,10 +851,7 @@ async def test_agent_write_does_not_hide_another_writers_change(
 ) -> None:
     """BUG: a store through the agent after another process changed the file
     leaves the agent's 'complete' cache stale for good."""
-    async with (
-        serve(keyfile_store, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, sock_dir=sock_dir) as (served, client):
         await client.store("openai", "api_key", SECRET)
         other = EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf)
         other.store("openai", "api_key", SECRET2)
@@ -1059,9 +1021,9 @@ async def test_no_secret_in_any_log_record_or_error_message(
         messages.append(str(info.value))
 
     backend = EncryptedFileStorage(protected_dir, kdf=fast_kdf)
-    async with (
-        serve(backend, AgentConfig(idle_timeout=60), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
+    async with serve_client(backend, AgentConfig(idle_timeout=60), sock_dir=sock_dir) as (
+        served,
+        client,
     ):
         await expect_error(client.retrieve("openai", "api_key"), CredentialLockedError)
         await expect_error(client.store("openai", "api_key", SECRET2), CredentialLockedError)
@@ -1085,10 +1047,7 @@ async def test_no_secret_in_any_log_record_or_error_message(
         assert (await client.status())["locked"] is True  # idle lock, logged
 
     environ = {"MODEL_FORGE_OPENAI_API_KEY": SECRET}
-    async with (
-        serve(EnvVarStorage(environ), sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(EnvVarStorage(environ), sock_dir=sock_dir) as (served, client):
         assert await client.retrieve("openai", "api_key") == SECRET
         await expect_error(client.store("openai", "api_key", SECRET2), CredentialReadOnlyError)
 
@@ -1152,10 +1111,7 @@ async def test_another_writers_change_waits_at_most_the_check_interval(
 ) -> None:
     """The agent stats the file at most every file_check_interval seconds."""
     config = AgentConfig(file_check_interval=0.5)
-    async with (
-        serve(keyfile_store, config, sock_dir=sock_dir) as served,
-        AsyncAgentClient(served.path) as client,
-    ):
+    async with serve_client(keyfile_store, config, sock_dir=sock_dir) as (served, client):
         await client.store("openai", "api_key", SECRET)
         assert await client.retrieve("openai", "api_key") == SECRET
         EncryptedFileStorage(keyfile_store.config_dir, kdf=fast_kdf).store(
