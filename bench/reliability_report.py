@@ -28,15 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The reliability suite and the suites that attack one promise each.
 TESTS = (
-    "tests/test_reliability.py",
-    "tests/test_limits_processes.py",
-    "tests/test_limits_inprocess.py",
-    "tests/test_trust_peer.py",
-    "tests/test_trust_runtime.py",
-    "tests/test_two_writers.py",
-    "tests/test_protection_change.py",
-    "tests/test_audit_integrity.py",
-    "tests/test_migrate.py",
+    "tests/test_proc_reliability.py",
+    "tests/test_proc_limits.py",
+    "tests/test_inproc_limits.py",
+    "tests/test_proc_trust_peer.py",
+    "tests/test_proc_trust_runtime.py",
+    "tests/test_inproc_two_writers.py",
+    "tests/test_pure_protection_change.py",
+    "tests/test_proc_audit_integrity.py",
+    "tests/test_pure_migrate.py",
 )
 OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 COMMAND = "python3 bench/reliability_report.py"

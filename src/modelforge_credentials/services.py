@@ -37,7 +37,7 @@ WantedBy=sockets.target
 # NoNewPrivileges is set. Mount-namespace options (ProtectSystem=,
 # ProtectHome=, PrivateTmp=, ...) are left out on purpose: in a user manager
 # they need PrivateUsers= and unprivileged user namespaces, which many
-# distributions disable. tests/test_systemd.py runs the agent under this
+# distributions disable. tests/test_proc_systemd.py runs the agent under this
 # unit in a real user manager and checks each restriction from outside.
 SERVICE_UNIT = """\
 [Unit]

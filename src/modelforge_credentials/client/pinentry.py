@@ -5,7 +5,7 @@ line codec of :mod:`.assuan`, and :class:`PinentryConversation`, a state
 machine that takes pinentry's lines and says what to send next) and one
 adapter, :func:`ask_pinentry`, that runs the program and moves bytes with
 timeouts (:mod:`.prompt_process`). The core never sees a clock or a pipe, so
-every exchange can be replayed from a recording (tests/test_pinentry.py).
+every exchange can be replayed from a recording (tests/test_proc_pinentry.py).
 
 The passphrase exists only in the conversation's buffer and in the returned
 string: no message, log line or exception built here contains a data line.

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-import test_backends
+import test_proc_backends
 from modelforge_credentials import EncryptedFileStorage, EnvVarStorage, KdfParams, __version__
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.client.aio import AsyncAgentClient
@@ -360,7 +360,7 @@ def test_storage(storage_factory: Callable[[], AgentStorage]) -> AgentStorage:
     return storage_factory()
 
 
-class TestAgentStorageContract(test_backends.TestStorageBackends):
+class TestAgentStorageContract(test_proc_backends.TestStorageBackends):
     """The contract every backend passes, through AgentStorage -> agent -> file.
 
     BUG shown by test_invalid_names_rejected[...-None-k]: AgentStorage does not

@@ -439,7 +439,7 @@ def test_command_not_found_is_a_clear_error(agent: AgentWorkspace, mask: tuple[s
 def _model_forge_normalize(provider_name: str) -> str:
     # model-forge-llm 2.3, modelforge/auth.py: _normalize_provider_name_for_env, restated
     # here so the test does not take our word for it (the real one is compared in
-    # tests/test_model_forge_real.py).
+    # tests/test_proc_model_forge_real.py).
     return provider_name.upper().replace("-", "_")
 
 

@@ -84,8 +84,12 @@ def test_evicted_non_reading_clients_release_their_descriptors(
     figures.record("agent descriptors before", baseline)
     figures.record("agent descriptors, most seen during the flood", peak)
     figures.record("agent descriptors after the flood, hogs still open", after)
-    # The listening socket and the rest are in the baseline; at most the cap more.
-    assert peak <= baseline + max_connections, (baseline, peak)
+    # The listening socket and the rest are in the baseline. Once the flood is
+    # in, at most the cap more; while a newcomer evicts an old connection, one
+    # more (uvloop releases the victim's descriptor at the end of that loop
+    # turn, after the newcomer was accepted).
+    assert after <= baseline + max_connections, (baseline, after)
+    assert peak <= baseline + max_connections + 1, (baseline, peak)
 
 
 #: The documented bound on what one non-reading connection may cost the agent: replies

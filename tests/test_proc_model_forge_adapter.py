@@ -2,7 +2,7 @@
 
 A small stand-in for model-forge 2.3's ``modelforge/auth.py`` (the three
 functions over a JSON config file, as the real ones are written) lets these
-run in the default suite; tests/test_model_forge_real.py repeats the
+run in the default suite; tests/test_proc_model_forge_real.py repeats the
 important ones against the real model-forge-llm from PyPI.
 """
 

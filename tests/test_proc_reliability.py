@@ -898,6 +898,7 @@ def hello_works(agents: AgentWorkspace) -> bool:
         return client.hello()["protocol"] == 1
 
 
+@pytest.mark.slow  # paced: ten attack slices and quiet windows, about 30 s
 def test_hostile_frames_never_hurt_the_agent(agents: AgentWorkspace, figures: Figures) -> None:
     """HOSTILE_FRAMES random, mutated and broken frames over many connections, while a
     well-behaved client (its own process, closed loop) keeps reading a credential.
@@ -1015,7 +1016,7 @@ def test_a_pipelined_burst_does_not_stall_other_clients(
     assert loaded.errors == 0
     # How long the other client waited is a figure (a timed assertion flakes
     # on a shared 2-CPU machine); that bursts are interleaved with other
-    # connections is asserted by ordering in test_agent_inprocess.py.
+    # connections is asserted by ordering in test_inproc_agent.py.
     figures.record("longest wait within 50 ms (target)", int(worst <= 50))
 
 

@@ -2,7 +2,7 @@
 
 Backends: encrypted file (key file and passphrase), environment variables,
 the real Secret Service through keyring. The agent joins this list through
-``tests/test_agent_backend.py``.
+``tests/test_inproc_agent.py``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from modelforge_credentials.daemon.state import Agent, AgentConfig
 from modelforge_credentials.protocol import Op, Request, TeamOp
 from modelforge_credentials.team.config import TeamConfig, write_teams
 from openbao_harness import DevServer
-from test_team_agent import POLICY, TEAM
+from test_proc_team_agent import POLICY, TEAM
 
 _ids = itertools.count(1)
 

@@ -13,7 +13,7 @@ import pytest
 
 from agent_harness import AgentWorkspace
 from openbao_harness import Cluster, running_cluster
-from test_team_agent import TEAM, ok
+from test_proc_team_agent import TEAM, ok
 
 
 @pytest.fixture

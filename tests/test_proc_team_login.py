@@ -11,7 +11,7 @@ import pytest
 
 from agent_harness import AgentWorkspace
 from openbao_harness import DevServer, make_ca_and_cert, running_cluster, running_dev_server
-from test_team_agent import POLICY, TEAM, member_token, ok
+from test_proc_team_agent import POLICY, TEAM, member_token, ok
 
 ALICE_USERPASS_LOGIN = ("team", "login", TEAM, "--method", "userpass", "--username", "alice")
 

@@ -17,7 +17,7 @@ import pytest
 from agent_harness import AgentWorkspace
 from modelforge_credentials.client.sync import AgentClient
 from openbao_harness import Cluster, running_cluster, wait_for
-from test_team_agent import TEAM, ok
+from test_proc_team_agent import TEAM, ok
 
 pytestmark = pytest.mark.slow
 PATH = f"secret/{TEAM}/openai"

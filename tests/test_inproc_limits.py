@@ -1,7 +1,7 @@
 """Limits the security review found broken, on an in-process agent.
 
 A real AgentServer on a real Unix socket with real backends (the helpers of
-test_agent_inprocess.py); time is the agent's FakeClock, so nothing here
+test_inproc_agent.py); time is the agent's FakeClock, so nothing here
 waits for a timer. A backend call "in flight" is one held at a gate (a
 threading.Event) on the agent's worker thread.
 """
@@ -33,7 +33,7 @@ from modelforge_credentials.protocol import (
     encode_request,
 )
 from modelforge_credentials.validation import MAX_VALUE_BYTES
-from test_agent_inprocess import (
+from test_inproc_agent import (
     PASSPHRASE,
     SECRET,
     SECRET2,

@@ -17,7 +17,7 @@ import pytest
 from modelforge_credentials import EncryptedFileStorage, KdfParams
 from modelforge_credentials.daemon.state import AgentConfig
 from modelforge_credentials.protocol import Op
-from test_agent_inprocess import RawConnection, serve
+from test_inproc_agent import RawConnection, serve
 
 STALE_BOUND = AgentConfig().file_check_interval
 
