@@ -28,7 +28,7 @@ from modelforge_credentials import EncryptedFileStorage, EnvVarStorage, KdfParam
 from modelforge_credentials.backends.agent import AgentStorage
 from modelforge_credentials.client.aio import AsyncAgentClient
 from modelforge_credentials.client.sync import AgentNotRunningError
-from modelforge_credentials.daemon.dispatch import dispatch
+from modelforge_credentials.daemon.dispatch import answer, dispatch
 from modelforge_credentials.daemon.loop import loop_factory
 from modelforge_credentials.daemon.server import AgentServer
 from modelforge_credentials.daemon.state import Agent, AgentConfig
@@ -1206,7 +1206,7 @@ async def test_dispatch_has_a_case_for_every_operation_of_the_table(
                 fields["method"] = "token"
             req = parse_request(request_message(9, op, **fields))
             try:
-                reply = await served.agent.handle(req)
+                reply = await answer(served.agent, req)
             except UnhandledOperation:  # pragma: no cover - the failure this test is for
                 pytest.fail(f"{op} has no case in dispatch")
             parsed = parse_reply(reply)

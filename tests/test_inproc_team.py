@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelforge_credentials.backends.encrypted_file import EncryptedFileStorage
+from modelforge_credentials.daemon.dispatch import answer
 from modelforge_credentials.daemon.state import Agent, AgentConfig
 from modelforge_credentials.protocol import Op, Request, TeamOp
 from modelforge_credentials.team.config import TeamConfig, write_teams
@@ -72,7 +73,7 @@ async def agent(bao: DevServer, tmp_path: Path) -> AsyncIterator[tuple[Agent, Cl
 
 
 async def ask(agent: Agent, op: Op | TeamOp, **fields: str) -> dict[str, object]:
-    return await agent.handle(Request(next(_ids), op, **fields))
+    return await answer(agent, Request(next(_ids), op, **fields))
 
 
 async def value(agent: Agent, provider: str = "openai", key: str = "api_key") -> object:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent_harness import CLI, AgentWorkspace
-from modelforge_credentials import refs
+from modelforge_credentials import refs, secret_env
 from modelforge_credentials.client.sync import AgentClient
 from modelforge_credentials.secret_env import Binding
 from refs_testkit import TIMEOUT, agent_holding
@@ -274,7 +274,7 @@ def test_env_file_references_resolve_through_the_agent(agent: AgentWorkspace) ->
         "PLAIN=1\nOPENAI_API_KEY=mf://openai/api_key\nTEAM='mf://team%2Fprod/api_key'\n"
         'CAFE="mf://café/ключ"\n',
     )
-    plain, bindings = refs.env_file_bindings(env_file)
+    plain, bindings = secret_env.env_file_bindings(env_file)
     assert plain == {"PLAIN": "1"}
     with AgentClient(agent.socket, timeout=TIMEOUT) as client:
         assert refs.resolve_all(bindings, client.retrieve) == {

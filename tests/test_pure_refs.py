@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelforge_credentials import refs
+from modelforge_credentials import refs, secret_env
 from modelforge_credentials.errors import (
     CredentialNotFoundError,
     CredentialStorageUnavailableError,
@@ -355,7 +355,7 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 
 
 def test_env_file_bindings_split_plain_values_and_references(tmp_path: Path) -> None:
-    plain, bindings = refs.env_file_bindings(write(tmp_path, ".env", DOTENV))
+    plain, bindings = secret_env.env_file_bindings(write(tmp_path, ".env", DOTENV))
     assert plain["PLAIN"] == "value" and "OPENAI_API_KEY" not in plain
     assert bindings == [
         Binding("OPENAI_API_KEY", "openai", "api_key", required=True),
@@ -367,10 +367,10 @@ def test_env_file_bindings_split_plain_values_and_references(tmp_path: Path) -> 
 def test_a_later_definition_wins_across_kinds_and_files(tmp_path: Path) -> None:
     first = write(tmp_path, "a.env", "X=mf://p/k\nY=plain\nZ=mf://p/z\nZ=mf://p/z2\n")
     second = write(tmp_path, "b.env", "Y=mf://p/y\nX=plain-x\n")
-    plain, bindings = refs.env_files_bindings([first, second])
+    plain, bindings = secret_env.env_files_bindings([first, second])
     assert plain == {"X": "plain-x"}
     assert bindings == [Binding("Z", "p", "z2", True), Binding("Y", "p", "y", True)]
-    assert refs.env_file_bindings(first) == (
+    assert secret_env.env_file_bindings(first) == (
         {"Y": "plain"},
         [Binding("X", "p", "k", True), Binding("Z", "p", "z2", True)],
     )
@@ -379,7 +379,7 @@ def test_a_later_definition_wins_across_kinds_and_files(tmp_path: Path) -> None:
 def test_a_malformed_reference_value_names_file_line_and_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "app.env", "A=1\nKEY='mf://openai/api key'\n")
     with pytest.raises(refs.EnvFileError) as caught:
-        refs.env_file_bindings(path)
+        secret_env.env_file_bindings(path)
     message = str(caught.value)
     assert message.startswith(f"{path}, line 2: KEY: malformed secret reference")
     assert "'mf://openai/api key'" in message and "%20" in message
@@ -388,16 +388,16 @@ def test_a_malformed_reference_value_names_file_line_and_variable(tmp_path: Path
 def test_env_file_encoding_size_and_type(tmp_path: Path) -> None:
     path = write(tmp_path, "latin.env", b"A=1\nB=caf\xe9\n")
     with pytest.raises(refs.EnvFileError, match=r"line 2: not valid UTF-8"):
-        refs.env_file_bindings(path)
+        secret_env.env_file_bindings(path)
     big = write(tmp_path, "big.env", b"A=" + b"x" * refs.MAX_ENV_FILE_BYTES)
     with pytest.raises(refs.InputTooLargeError):
-        refs.env_file_bindings(big)
+        secret_env.env_file_bindings(big)
     fifo = tmp_path / "fifo.env"
     os.mkfifo(fifo)
     with pytest.raises(CredentialStorageUnavailableError, match="not a regular file"):
-        refs.env_file_bindings(fifo)
+        secret_env.env_file_bindings(fifo)
     with pytest.raises(CredentialValidationError, match="does not exist"):
-        refs.env_file_bindings(tmp_path / "absent.env")
+        secret_env.env_file_bindings(tmp_path / "absent.env")
 
 
 # -- resolving --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def run_with_secrets(cli: Cli) -> int:
         )
     overrides = [secret_env.parse_env_option(option) for option in cli.args.env]
     # Read before the agent is asked anything: a bad file is exit 2, nothing run.
-    plain, from_files = refs.env_files_bindings(cli.args.env_file)
+    plain, from_files = secret_env.env_files_bindings(cli.args.env_file)
     if not (cli.args.provider or overrides or cli.args.env_file or cli.args.all):
         raise CredentialValidationError(
             "exec injects only the secrets you name; nothing was run. Name them: "

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .errors import CredentialCorruptedError, CredentialStorageError
 
 
@@ -27,7 +28,7 @@ def diagnose(socket_path: Path, timeout: float = 3.0) -> dict[str, Any]:
     report["backends"]["encrypted-file"] = _file_report(report, config_dir)
     report["backends"]["env"] = _env_report()
     report["selected"] = _selection_report(report)
-    report["forced"] = os.environ.get(BACKEND_VARIABLE) or None
+    report["forced"] = settings.text(BACKEND_VARIABLE)
     report["socket"] = _socket_report(report, socket_path, timeout)
     report["teams"] = _team_report(report, config_dir, socket_path, timeout)
     report["model_forge_configs"] = _config_report(report)
@@ -111,7 +112,7 @@ def _check_config_dir(report: dict[str, Any], config_dir: Path) -> None:
     from .files import UnsafeDirectoryError, check_own_directory
 
     try:
-        check_own_directory(config_dir, "MODEL_FORGE_CONFIG_DIR")
+        check_own_directory(config_dir, settings.CONFIG_DIR)
     except UnsafeDirectoryError as err:
         what, _, fix = str(err).partition(". ")
         _problem(report, what, fix)

@@ -12,7 +12,9 @@ quote. No ``${VAR}`` interpolation: ``$`` is literal. A later line wins over
 an earlier one for the same name. A value that starts with ``mf://`` (quoted
 or not) is a reference and must be exactly one. Errors give the file and
 line number and never quote the line: it may hold a secret. The file is read
-whole, up to ``MAX_ENV_FILE_BYTES`` (1 MiB).
+whole, up to ``MAX_ENV_FILE_BYTES`` (1 MiB), by
+:func:`~.secret_env.env_files_bindings`, which also turns the references into
+bindings.
 """
 
 from __future__ import annotations
@@ -20,17 +22,12 @@ from __future__ import annotations
 import re
 
 from .errors import CredentialValidationError
-from .input_files import MAX_ENV_FILE_BYTES, read_capped
-from .ref_syntax import SCHEME, MalformedReferenceError, parse_ref
 
-# typing and secret_env (subprocess, threading) stay out of the import: the
+# typing stays out of the import: the
 # parser loads the reference commands for --help.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import os
-    from collections.abc import Callable, Iterable
-
-    from .secret_env import Binding
+    from collections.abc import Callable
 
 
 class EnvFileError(CredentialValidationError):
@@ -118,44 +115,3 @@ def _quoted(
         parts.append("\n")
         text = lines[index]
         index += 1
-
-
-def env_file_bindings(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[Binding]]:
-    """Plain values, and a required Binding per reference value, of a dotenv file.
-
-    Raises :class:`EnvFileError` (file and line) for a malformed line or
-    reference, :class:`InputTooLargeError` beyond MAX_ENV_FILE_BYTES,
-    NotRegularFileError for a FIFO or device. Resolves nothing.
-    """
-    return env_files_bindings([path])
-
-
-def env_files_bindings(
-    paths: Iterable[str | os.PathLike[str]],
-) -> tuple[dict[str, str], list[Binding]]:
-    """As :func:`env_file_bindings` for several files: a later file, like a
-    later line, wins a name, whichever of plain or reference each is."""
-    from .secret_env import Binding
-
-    chosen: dict[str, str | Binding] = {}
-    for path in paths:
-        data = read_capped(path, MAX_ENV_FILE_BYTES, "env file")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = data.count(b"\n", 0, err.start) + 1
-            raise EnvFileError(f"{path}, line {line}: not valid UTF-8") from None
-        for number, name, value in parse_dotenv(text, str(path)):
-            if value.startswith(SCHEME):
-                try:
-                    provider, key = parse_ref(value)
-                except MalformedReferenceError as err:
-                    raise EnvFileError(f"{path}, line {number}: {name}: {err}") from None
-                chosen.pop(name, None)  # keep file order: a redefinition moves to the end
-                chosen[name] = Binding(name, provider, key, required=True)
-            else:
-                chosen.pop(name, None)
-                chosen[name] = value
-    plain = {name: value for name, value in chosen.items() if isinstance(value, str)}
-    bindings = [value for value in chosen.values() if not isinstance(value, str)]
-    return plain, bindings

@@ -26,6 +26,7 @@ from keyring import credentials, errors
 from keyring.backend import KeyringBackend
 from keyring.compat import properties
 
+from . import settings
 from .errors import (
     CredentialLockedError,
     CredentialStorageError,
@@ -35,7 +36,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .backends.agent import AgentStorage
 
-PREFERRED_VARIABLE = "MODEL_FORGE_KEYRING_PREFERRED"
+PREFERRED_VARIABLE = settings.KEYRING_PREFERRED
 PROVIDER_PREFIX = "keyring:"
 KEY_PREFIX = "user:"
 _ESCAPED = {"%"} | {chr(c) for c in range(0x20)} | {chr(c) for c in range(0x7F, 0xA0)}
@@ -105,7 +106,8 @@ class AgentKeyring(KeyringBackend):
 
     @properties.classproperty
     def priority(cls) -> float:
-        if os.environ.get(PREFERRED_VARIABLE, "").lower() in {"1", "yes", "true"}:
+        # settings.flag raises on a value outside on/off: then not viable either.
+        if settings.flag(PREFERRED_VARIABLE):
             return 20
         if _chosen_explicitly():
             return 1

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import sys
 
-SOCKET_VARIABLE = "MODEL_FORGE_AGENT_SOCK"
+from . import settings
+
+SOCKET_VARIABLE = settings.SOCKET
 SOCKET_NAME = "agent.sock"
 APP_DIR = "model-forge"
 
@@ -29,7 +31,7 @@ def runtime_dir() -> str:
 
 def socket_path() -> str:
     """``$MODEL_FORGE_AGENT_SOCK``, else ``<runtime dir>/model-forge/agent.sock``."""
-    override = os.environ.get(SOCKET_VARIABLE)
+    override = settings.text(settings.SOCKET)
     if override:
         return override
     return os.path.join(runtime_dir(), APP_DIR, SOCKET_NAME)

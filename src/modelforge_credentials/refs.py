@@ -10,13 +10,7 @@ where the rest of the package imports all of these names from.
 
 from __future__ import annotations
 
-from .dotenv import (
-    EnvFileError,
-    env_file_bindings,
-    env_files_bindings,
-    parse_dotenv,
-    valid_variable,
-)
+from .dotenv import EnvFileError, parse_dotenv, valid_variable
 from .errors import CredentialNotFoundError, CredentialValidationError
 from .input_files import MAX_ENV_FILE_BYTES, MAX_TEMPLATE_BYTES, InputTooLargeError, read_capped
 from .ref_syntax import SAFE, SCHEME, MalformedReferenceError, format_ref, parse_ref
@@ -43,8 +37,6 @@ __all__ = [
     "Template",
     "TemplateError",
     "UnknownReferencesError",
-    "env_file_bindings",
-    "env_files_bindings",
     "fetch_references",
     "format_ref",
     "parse_dotenv",

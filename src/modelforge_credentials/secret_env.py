@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, BinaryIO
 
+from . import dotenv
 from .errors import CredentialNotFoundError, CredentialValidationError
+from .input_files import MAX_ENV_FILE_BYTES, read_capped
+from .ref_syntax import SCHEME, MalformedReferenceError, parse_ref
 
 WELL_KNOWN: dict[str, tuple[str, ...]] = {
     "openai": ("OPENAI_API_KEY",),
@@ -96,9 +99,7 @@ def parse_env_option(option: str) -> Binding:
         raise CredentialValidationError(
             f"--env expects VAR=PROVIDER/KEY, e.g. OPENAI_API_KEY=openai/api_key (got {option!r})"
         )
-    from .refs import valid_variable
-
-    if not valid_variable(variable):
+    if not dotenv.valid_variable(variable):
         raise CredentialValidationError(f"{variable!r} is not a valid environment variable name")
     return Binding(variable, provider, key, required=True)
 
@@ -294,3 +295,42 @@ def _pump(source: BinaryIO, sink: BinaryIO, masker: Masker) -> None:
         sink.flush()
     sink.write(masker.flush())
     sink.flush()
+
+
+def env_file_bindings(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[Binding]]:
+    """Plain values, and a required Binding per reference value, of a dotenv file.
+
+    Raises :class:`~.dotenv.EnvFileError` (file and line) for a malformed line or
+    reference, :class:`InputTooLargeError` beyond MAX_ENV_FILE_BYTES,
+    NotRegularFileError for a FIFO or device. Resolves nothing.
+    """
+    return env_files_bindings([path])
+
+
+def env_files_bindings(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[dict[str, str], list[Binding]]:
+    """As :func:`env_file_bindings` for several files: a later file, like a
+    later line, wins a name, whichever of plain or reference each is."""
+    chosen: dict[str, str | Binding] = {}
+    for path in paths:
+        data = read_capped(path, MAX_ENV_FILE_BYTES, "env file")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise dotenv.EnvFileError(f"{path}, line {line}: not valid UTF-8") from None
+        for number, name, value in dotenv.parse_dotenv(text, str(path)):
+            if value.startswith(SCHEME):
+                try:
+                    provider, key = parse_ref(value)
+                except MalformedReferenceError as err:
+                    raise dotenv.EnvFileError(f"{path}, line {number}: {name}: {err}") from None
+                chosen.pop(name, None)  # keep file order: a redefinition moves to the end
+                chosen[name] = Binding(name, provider, key, required=True)
+            else:
+                chosen.pop(name, None)
+                chosen[name] = value
+    plain = {name: value for name, value in chosen.items() if isinstance(value, str)}
+    bindings = [value for value in chosen.values() if not isinstance(value, str)]
+    return plain, bindings

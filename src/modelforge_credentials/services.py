@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import settings
+
 SERVICE_NAME = "modelforge-agent"
 LAUNCHD_LABEL = "org.modelforge.agent"
 DEFAULT_EXIT_WHEN_IDLE = 600
@@ -110,7 +112,7 @@ def launchd_plist(home: Path, socket_path: Path, program: list[str] | None = Non
         "StandardOutPath": str(logs / "model-forge-agent.log"),
         "StandardErrorPath": str(logs / "model-forge-agent.log"),
         "ProcessType": "Background",
-        "EnvironmentVariables": {"MODEL_FORGE_AGENT_SOCK": str(socket_path)},
+        "EnvironmentVariables": {settings.SOCKET: str(socket_path)},
     }
     return plistlib.dumps(plist, sort_keys=False)
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .. import settings
 from ..errors import CredentialStorageUnavailableError
 from ..files import (
     check_own_directory,
@@ -41,12 +42,12 @@ from .fileformat import KEYFILE, PASSPHRASE, Credentials, Envelope, KdfParams
 
 CREDENTIALS_FILE = "credentials.enc"
 KEY_FILE = "credentials.key"
-CONFIG_DIR_VARIABLE = "MODEL_FORGE_CONFIG_DIR"
+CONFIG_DIR_VARIABLE = settings.CONFIG_DIR
 
 
 def default_config_dir() -> Path:
     """``$MODEL_FORGE_CONFIG_DIR``, else model-forge's own config directory."""
-    override = os.environ.get(CONFIG_DIR_VARIABLE)
+    override = settings.text(CONFIG_DIR_VARIABLE)
     if override:
         return Path(override)
     if sys.platform == "darwin":

@@ -102,6 +102,12 @@ def dispatch(agent: Agent, req: Request) -> Reply | Coroutine[Any, Any, Reply]:
     raise UnhandledOperation(f"operation {op.value!r} has no case in dispatch")
 
 
+async def answer(agent: Agent, req: Request) -> Reply:
+    """The reply to ``req``, after its backend work if it needs any."""
+    reply = dispatch(agent, req)
+    return reply if isinstance(reply, dict) else await reply
+
+
 def _found(req: Request, found: object) -> Reply:
     if req.op is Op.RETRIEVE:
         return {"id": req.id, "ok": True, "value": found}

@@ -17,6 +17,7 @@ import socket
 import stat
 from pathlib import Path
 
+from .. import settings
 from ..client.peer import PRIVATE_SOCKET_ADVICE
 from ..errors import CredentialStorageUnavailableError
 
@@ -155,12 +156,12 @@ class RuntimeDir:
             if not stat.S_ISSOCK(info.st_mode):
                 raise AgentRuntimeError(
                     f"{path} exists and is not a socket; move it away or set "
-                    "MODEL_FORGE_AGENT_SOCK to another path"
+                    f"{settings.SOCKET} to another path"
                 )
             if probe_socket(path):
                 raise AlreadyRunningError(
                     f"another process answers on {path}; stop it or choose another "
-                    "MODEL_FORGE_AGENT_SOCK"
+                    f"{settings.SOCKET}"
                 )
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

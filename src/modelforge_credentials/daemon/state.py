@@ -134,13 +134,6 @@ class Agent:
         except CredentialStorageError as err:
             log.warning("team secrets not loaded: %s", err)
 
-    async def handle(self, req: Request) -> Reply:
-        """The reply to ``req``, waiting for backend work if it needs any."""
-        from .dispatch import dispatch
-
-        reply = dispatch(self, req)
-        return reply if isinstance(reply, dict) else await reply
-
     def close(self) -> None:
         if self.teams is not None:
             self.teams.stop()
