@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Where the time goes: breakdowns behind the rows of BENCHMARKS.md.
 
-    python3 bench/diagnose.py [--quick]
+    python3 bench/diagnose.py [--quick] [--out docs]
 
-Runs in the project's venv (re-executing itself there, like bench/run.py)
-and prints, without sockets where possible:
+Runs in the project's venv (re-executing itself there, like bench/run.py),
+prints its tables and writes them to BENCHMARKS-stages.md in ``--out``, with
+the same header as BENCHMARKS.md (command, date, commit, load average). It
+measures, without sockets where possible:
 
 1. the agent's Python cost per cached retrieve, split by stage, next to the
    floor server's (the same frame handed to each protocol's data_received),
@@ -18,6 +20,7 @@ and prints, without sockets where possible:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -29,18 +32,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import measure
+from report import Section
 
 BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TITLE = "Benchmarks: where the time goes, stage by stage"
 
 
 def _per_call_us(fn: Callable[[], object], number: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
 
 
-def _show(rows: list[tuple[str, float]], unit: str = "µs") -> None:
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value:8.2f} {unit}")
+def _stage_table(rows: list[tuple[str, float]]) -> tuple[list[str], list[list[str]]]:
+    return ["stage", "per call"], [[name, f"{value:.2f} µs"] for name, value in rows]
 
 
 class _NullTransport:
@@ -54,7 +58,7 @@ class _NullTransport:
         pass
 
 
-async def server_path(scratch: Path, number: int) -> None:
+async def server_path(scratch: Path, number: int) -> Section:
     import floor_server
     from context import KEY, PROVIDER, make_credentials
 
@@ -91,7 +95,6 @@ async def server_path(scratch: Path, number: int) -> None:
     request = parse_request(message)
     reply = dispatch(agent, request)
     assert isinstance(reply, dict)
-    print("1. server: Python per cached retrieve (data_received, null transport)")
     pair = (PROVIDER, KEY)
     stages: list[tuple[str, Callable[[], object]]] = [
         ("agent: AgentConnection.data_received, whole", lambda: connection.data_received(frame)),
@@ -103,7 +106,7 @@ async def server_path(scratch: Path, number: int) -> None:
         ("for scale: os.stat of the store file", lambda: os.stat(backend.path)),
         ("for scale: validate_pair(provider, key)", lambda: validate_pair(*pair)),
     ]
-    _show([(name, _per_call_us(fn, number)) for name, fn in stages])
+    rows = [(name, _per_call_us(fn, number)) for name, fn in stages]
     # After a context switch the server runs with caches the client and the
     # kernel have filled: a longer Python path pays more for that than a hot
     # loop shows.
@@ -111,8 +114,18 @@ async def server_path(scratch: Path, number: int) -> None:
         ("agent: data_received, caches evicted first", lambda: connection.data_received(frame)),
         ("floor: data_received, caches evicted first", lambda: floor.data_received(frame)),
     ]
-    _show([(name, _cold_call_us(fn, max(200, number // 100))) for name, fn in cold])
+    rows += [(name, _cold_call_us(fn, max(200, number // 100))) for name, fn in cold]
     agent.close()
+    intro = SERVER_INTRO.format(number=number)
+    return Section("1. Server: Python per cached retrieve", intro, table=_stage_table(rows))
+
+
+SERVER_INTRO = (
+    "The same retrieve frame handed to each protocol's `data_received` with a null "
+    "transport, in this process (asyncio's loop: no I/O is timed): best of 5 repeats of "
+    "{number:,} calls; the two 'caches evicted' rows touch 8 MiB before each call "
+    "(untimed), as a context switch would."
+)
 
 
 _EVICT = bytearray(8 << 20)
@@ -133,7 +146,7 @@ def _cold_call_us(fn: Callable[[], object], number: int) -> float:
     return best / 1e3
 
 
-def client_path(number: int) -> None:
+def client_path(number: int) -> Section:
     import msgpack
 
     from modelforge_credentials.protocol import (
@@ -167,14 +180,17 @@ def client_path(number: int) -> None:
     def bare() -> object:
         return msgpack.unpackb(msgpack.packb({"v": 1, "id": 1, "op": "retrieve"}))
 
-    print("2. client: Python per call, without I/O")
     stages: list[tuple[str, Callable[[], object]]] = [
         ("AgentClient: encode_request", request),
         ("AgentClient: decode + parse_reply + expect_fields", receive),
         ("bare msgpack: packb + unpackb", bare),
         ("ssh-agent client: parse the answer", ssh_receive),
     ]
-    _show([(name, _per_call_us(fn, number)) for name, fn in stages])
+    return Section(
+        "2. Client: Python per call, without I/O",
+        intro=f"Best of 5 repeats of {number:,} calls in this process.",
+        table=_stage_table([(name, _per_call_us(fn, number)) for name, fn in stages]),
+    )
 
 
 # A `get` that imports only what the baseline does: the floor for a lean CLI.
@@ -192,7 +208,7 @@ sys.stdout.write(msgpack.unpackb(buf[4:])["value"] + "\\n")
 """
 
 
-def cli_startup(root: Path, runs: int) -> None:
+def cli_startup(root: Path, runs: int) -> Section:
     from context import KEY, PROVIDER, make_credentials
     from peers import AgentPeer
 
@@ -239,32 +255,49 @@ def cli_startup(root: Path, runs: int) -> None:
     finally:
         agent.stop()
     base = statistics.median(samples["import msgpack, socket (the baseline)"])
-    print(f"3. CLI start-up: whole processes, median of {runs} interleaved runs")
-    width = max(map(len, cases))
+    rows = []
     for name, values in samples.items():
         p50 = statistics.median(values)
-        print(f"  {name:<{width}}  {p50 * 1e3:7.1f} ms  {p50 / base:5.2f}× baseline")
+        rows.append([name, f"{p50 * 1e3:.1f} ms", f"{p50 / base:.2f}×"])
+    return Section(
+        "3. CLI start-up: what each import adds",
+        intro=(
+            f"Whole processes (fork, exec, wait), median of {runs} interleaved runs after "
+            "one untimed run of each; `get` asks an agent that is already running."
+        ),
+        table=(["process", "p50", "× baseline"], rows),
+    )
 
 
-def status_growth(ns: list[int], number: int) -> None:
-    from modelforge_credentials.daemon.state import Cache
+def status_growth(ns: list[int], number: int) -> Section:
+    from modelforge_credentials.daemon.cache import Cache
 
-    print("4. status: Cache.__len__ (counted on every status) against N")
     rows = []
     for n in ns:
         cache = Cache(None, time.monotonic)
         cache.fill({"p": {f"k{i}": "v" for i in range(n)}})
         rows.append((f"N={n:,}", _per_call_us(lambda c=cache: len(c), max(1, number // n))))
-    _show(rows)
+    return Section(
+        "4. Status: the cache count it reports, against N",
+        intro="`len(Cache)` (what every `status` answer counts), best of 5 repeats.",
+        table=_stage_table(rows),
+    )
 
 
-def store_growth(scratch: Path, ns: list[int]) -> None:
-    print("5. durable store, stage by stage (best of 5, ms)")
+def store_growth(scratch: Path, ns: list[int]) -> Section:
     header = ["N", "store", "read+parse", "decrypt", "unpack+check", "pack+encrypt", "write+fsync"]
-    print("  " + "  ".join(f"{h:>12}" for h in header))
+    rows = []
     for n in ns:
         stages = _store_stages(scratch / f"store-{n}", n)
-        print("  " + f"{n:>12,}" + "".join(f"  {v:>12.2f}" for v in stages))
+        rows.append([f"{n:,}", *(f"{v:.2f} ms" for v in stages)])
+    return Section(
+        "5. Durable store, stage by stage",
+        intro=(
+            "EncryptedFileStorage.store in this process (key-file protection) and each of "
+            "its stages alone, best of 5."
+        ),
+        table=(header, rows),
+    )
 
 
 def _store_stages(directory: Path, n: int) -> list[float]:
@@ -298,22 +331,43 @@ def _store_stages(directory: Path, n: int) -> list[float]:
 
 
 def main() -> int:
-    quick = "--quick" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke test")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="where the report goes")
+    args = parser.parse_args()
     import run
 
     run.bootstrap(sys.argv[1:], script=Path(__file__).resolve())
     sys.path.insert(0, str(BENCH))
-    number = 20_000 if quick else 100_000
+    import report
+
+    record = run.RunRecord()
+    number = 20_000 if args.quick else 100_000
     with tempfile.TemporaryDirectory(prefix="mf-diag-") as name:
         scratch = Path(name)
         import peers
 
         peers.use_bytecode_cache(scratch / "pycache")
-        asyncio.run(server_path(scratch, number))
-        client_path(number)
-        cli_startup(scratch, 8 if quick else 30)
-        status_growth([10, 1_000, 10_000, 100_000], 1_000_000)
-        store_growth(scratch, [1_000, 10_000] if quick else [1_000, 10_000, 100_000])
+        sections = [
+            asyncio.run(server_path(scratch, number)),
+            client_path(number),
+            cli_startup(scratch, 8 if args.quick else 30),
+            status_growth([10, 1_000, 10_000, 100_000], 1_000_000),
+            store_growth(scratch, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]),
+        ]
+    command = "python3 bench/diagnose.py" + (" --quick" if args.quick else "")
+    preamble = [
+        *record.header(command, args.quick),
+        "",
+        "The stages behind the rows of [BENCHMARKS.md](BENCHMARKS.md). Absolute times "
+        "are for this machine and its load; compare rows within a table.",
+    ]
+    print(report.terminal(sections))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / run.STAGES_REPORT
+    path.write_text(report.markdown(TITLE, preamble, sections) + "\n")
+    print(f"\nwrote {path}")
     return 0
 
 

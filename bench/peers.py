@@ -35,6 +35,7 @@ APT_PACKAGES = {
     "ssh-agent": "openssh-client",
     "dbus-daemon": "dbus-daemon",
     "gnome-keyring-daemon": "gnome-keyring",
+    "secret-tool": "libsecret-tools",
 }
 
 # Variables of the caller's session that must not reach a peer.
@@ -65,6 +66,13 @@ PeerUnavailable = _realpeers.PeerUnavailable
 
 def missing_programs() -> list[str]:
     return [program for program in APT_PACKAGES if shutil.which(program) is None]
+
+
+def missing_program(program: str) -> str | None:
+    """Why ``program`` (a key of APT_PACKAGES) cannot run, or None."""
+    if shutil.which(program) is None:
+        return f"{program} is not installed (Debian: {APT_PACKAGES[program]}; use --install-peers)"
+    return None
 
 
 def install_missing() -> str | None:
@@ -282,9 +290,7 @@ class SshAgentPeer(Peer):
 
     @staticmethod
     def missing() -> str | None:
-        if shutil.which("ssh-agent") is None:
-            return "ssh-agent is not installed (Debian: openssh-client; use --install-peers)"
-        return None
+        return missing_program("ssh-agent")
 
     def start(self) -> SshAgentPeer:
         why = self.missing()
@@ -299,6 +305,43 @@ class SshAgentPeer(Peer):
         )
         _wait_connectable(self.socket, self.proc, START_TIMEOUT)
         return self
+
+
+class IdlePythonPeer(Peer):
+    """The venv's python doing nothing: ``python -c`` blocked reading stdin.
+
+    The smallest resident set a Python process of this venv has, for
+    comparing the agent's memory with. It prints ``ready`` once it blocks.
+    """
+
+    name = "idle python"
+    CODE = "import sys; print('ready', flush=True); sys.stdin.read()"
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__()
+        self.env = env
+
+    def start(self) -> IdlePythonPeer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = _read_line(self.proc.stdout.fileno(), START_TIMEOUT)
+        if line != "ready":
+            self.stop()
+            raise RuntimeError(f"python -c did not start ({line!r})")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()  # end of input: it exits on its own
+        super().stop()
 
 
 class SecretServicePeer:

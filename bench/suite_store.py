@@ -1,21 +1,21 @@
-"""Growth with the number of credentials, unlocking, start-up and memory."""
+"""Growth with the number of credentials, and unlocking."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import measure
-from context import KEY, PROVIDER, SECRET, Context, make_credentials
+from context import KEY, PROVIDER, SECRET, Context, Settings, make_credentials
 from design_storage import DesignEncryptedFileStorage
 from measure import Summary
-from peers import AgentPeer, environ, private_env
+from peers import AgentPeer
 from report import Check, Row, Section, fmt_ns, fmt_ratio
 
 PASSPHRASE = "correct horse battery staple"
@@ -35,89 +35,102 @@ def _crossing(a: float, b: float, limit: float) -> float:
     return (limit - a) / b if b > 0 else math.inf
 
 
-def growth(ctx: Context) -> GrowthResult:
+@dataclass
+class _Fleet:
+    """One agent per N, with a client, and the two in-process stores beside it."""
+
+    agents: dict[int, AgentPeer] = field(default_factory=dict)
+    clients: dict[int, Any] = field(default_factory=dict)  # AgentClient
+    directs: dict[int, Any] = field(default_factory=dict)  # EncryptedFileStorage
+    designs: dict[int, DesignEncryptedFileStorage] = field(default_factory=dict)
+    populate_ns: dict[int, int] = field(default_factory=dict)
+    memory: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def _start_fleet(ctx: Context, ns: list[int]) -> _Fleet:
     from modelforge_credentials import EncryptedFileStorage
     from modelforge_credentials.client.sync import AgentClient
 
-    s = ctx.settings
-    ns = list(s.growth_ns)
-    agents: dict[int, AgentPeer] = {}
-    clients: dict[int, AgentClient] = {}
-    directs: dict[int, EncryptedFileStorage] = {}
-    designs: dict[int, DesignEncryptedFileStorage] = {}
-    populate_ns: dict[int, int] = {}
-    memory: dict[int, tuple[int, int]] = {}
+    fleet = _Fleet()
     for n in ns:
         peer = AgentPeer(ctx.root / f"growth-{n}")
         credentials = make_credentials(n)
         started = time.perf_counter_ns()
         EncryptedFileStorage(peer.config_dir).store_many(credentials)
-        populate_ns[n] = time.perf_counter_ns() - started
-        designs[n] = DesignEncryptedFileStorage(peer.root / "design")
-        designs[n].store_all(credentials)
+        fleet.populate_ns[n] = time.perf_counter_ns() - started
+        fleet.designs[n] = DesignEncryptedFileStorage(peer.root / "design")
+        fleet.designs[n].store_all(credentials)
         peer.start()
         ctx.stack.callback(peer.stop)
-        agents[n], directs[n] = peer, EncryptedFileStorage(peer.config_dir)
-        clients[n] = AgentClient(peer.socket, timeout=120)
+        fleet.agents[n], fleet.directs[n] = peer, EncryptedFileStorage(peer.config_dir)
+        client = fleet.clients[n] = AgentClient(peer.socket, timeout=120)
         # The file backend loads everything at start; one retrieve of each
         # credential shows whether serving them costs more memory.
         before = measure.rss_kib(peer.pid)
         for provider, keys in credentials.items():
             for key in keys:
-                clients[n].retrieve(provider, key)
-        memory[n] = (before, measure.rss_kib(peer.pid))
+                client.retrieve(provider, key)
+        fleet.memory[n] = (before, measure.rss_kib(peer.pid))
         del credentials
-    assert all(c.retrieve(PROVIDER, KEY) == SECRET for c in clients.values())
+    assert all(c.retrieve(PROVIDER, KEY) == SECRET for c in fleet.clients.values())
+    return fleet
 
+
+def _measure_fleet(fleet: _Fleet, ns: list[int], s: Settings) -> dict[str, dict[int, Summary]]:
+    """Retrieve, status, store, direct and design samples, each interleaved over N."""
     placement = measure.placements()[0]
-    pids = [a.pid for a in agents.values()]
+    pids = [a.pid for a in fleet.agents.values()]
     placement.apply(pids)
     counter = itertools.count()
 
-    def storer(client: AgentClient) -> Callable[[], None]:
+    def storer(client: Any) -> Callable[[], None]:
         return lambda: client.store("bench", "store-target", f"sk-store-{next(counter)}")
 
     def bind(fn: Callable[[str, str], object]) -> Callable[[], object]:
         return lambda: fn(PROVIDER, KEY)
 
+    calls = {str(n): s.growth_store_calls[n] for n in ns}
+    slow = {"rounds": s.growth_rounds, "per_round": calls, "warmup": 2}
+    plans: dict[str, tuple[dict[str, Callable[[], object]], dict[str, Any]]] = {
+        "retrieve": (
+            {str(n): bind(fleet.clients[n].retrieve) for n in ns},
+            {"rounds": s.growth_rounds * 2, "per_round": s.growth_retrieves, "warmup": 200},
+        ),
+        "status": (
+            {str(n): fleet.clients[n].status for n in ns},
+            {"rounds": s.growth_rounds, "per_round": 50},
+        ),
+        "store": ({str(n): storer(fleet.clients[n]) for n in ns}, slow),
+        "direct": ({str(n): bind(fleet.directs[n].retrieve) for n in ns}, slow),
+        "design": ({str(n): bind(fleet.designs[n].retrieve) for n in ns}, slow),
+    }
     try:
-        retrieve = measure.interleaved(
-            {str(n): bind(clients[n].retrieve) for n in ns},
-            rounds=s.growth_rounds * 2,
-            per_round=s.growth_retrieves,
-            warmup=200,
-        )
-        status = measure.interleaved(
-            {str(n): clients[n].status for n in ns}, rounds=s.growth_rounds, per_round=50
-        )
-        calls = {str(n): s.growth_store_calls[n] for n in ns}
-        store = measure.interleaved(
-            {str(n): storer(clients[n]) for n in ns},
-            rounds=s.growth_rounds,
-            per_round=calls,
-            warmup=2,
-        )
-        direct = measure.interleaved(
-            {str(n): bind(directs[n].retrieve) for n in ns},
-            rounds=s.growth_rounds,
-            per_round=calls,
-            warmup=2,
-        )
-        design = measure.interleaved(
-            {str(n): bind(designs[n].retrieve) for n in ns},
-            rounds=s.growth_rounds,
-            per_round=calls,
-            warmup=2,
-        )
+        samples = {name: measure.interleaved(c, **kw) for name, (c, kw) in plans.items()}
     finally:
         measure.unpinned(pids)
-        for client in clients.values():
+        for client in fleet.clients.values():
             client.close()
+    return {name: {n: Summary.of(by_n[str(n)]) for n in ns} for name, by_n in samples.items()}
 
-    def stats(samples: dict[str, list[int]]) -> dict[int, Summary]:
-        return {n: Summary.of(samples[str(n)]) for n in ns}
 
-    r, st, sv, d, g = stats(retrieve), stats(store), stats(status), stats(direct), stats(design)
+def growth(ctx: Context) -> GrowthResult:
+    ns = list(ctx.settings.growth_ns)
+    fleet = _start_fleet(ctx, ns)
+    stats = _measure_fleet(fleet, ns, ctx.settings)
+    section = _growth_section(fleet, ns, stats)
+    r, st, sv, d, g = (stats[k] for k in ("retrieve", "store", "status", "direct", "design"))
+    curves = {
+        "agent retrieve (cached)": [r[n].p50 for n in ns],
+        "agent store (durable)": [st[n].p50 for n in ns],
+        "agent status": [sv[n].p50 for n in ns],
+        "EncryptedFileStorage.retrieve, no agent": [d[n].p50 for n in ns],
+        "design doc EncryptedFileStorage.retrieve": [g[n].p50 for n in ns],
+    }
+    return GrowthResult(section, ns, curves, fleet.memory)
+
+
+def _growth_section(fleet: _Fleet, ns: list[int], stats: dict[str, dict[int, Summary]]) -> Section:
+    r, st = stats["retrieve"], stats["store"]
     largest = ns[-1]
     section = Section(
         "Growth with the number of stored credentials",
@@ -154,20 +167,35 @@ def growth(ctx: Context) -> GrowthResult:
                 checks=[Check("p50 ≤ 10 ms", st[10_000].p50 <= STORE_TARGET_NS)],
             )
         )
-    header = [
-        "N",
-        "file",
-        "agent retrieve p50 / p99",
-        "agent store p50 / p99",
-        "agent status p50",
-        "direct file retrieve p50",
-        "design doc file retrieve p50",
-        "n (retrieve / store / file)",
-        "populate",
-    ]
+    section.table = _growth_table(fleet, ns, stats)
+    section.notes += _store_notes(ns, st)
+    section.notes.append(
+        "Status answers include `cached`, a count of the cache's values: see the status "
+        "column for its cost with N."
+    )
+    return section
+
+
+GROWTH_HEADER = [
+    "N",
+    "file",
+    "agent retrieve p50 / p99",
+    "agent store p50 / p99",
+    "agent status p50",
+    "direct file retrieve p50",
+    "design doc file retrieve p50",
+    "n (retrieve / store / file)",
+    "populate",
+]
+
+
+def _growth_table(
+    fleet: _Fleet, ns: list[int], stats: dict[str, dict[int, Summary]]
+) -> tuple[list[str], list[list[str]]]:
+    r, st, sv, d, g = (stats[k] for k in ("retrieve", "store", "status", "direct", "design"))
     rows = []
     for n in ns:
-        size = os.path.getsize(directs[n].path)
+        size = os.path.getsize(fleet.directs[n].path)
         rows.append(
             [
                 f"{n:,}",
@@ -178,16 +206,21 @@ def growth(ctx: Context) -> GrowthResult:
                 fmt_ns(d[n].p50),
                 fmt_ns(g[n].p50),
                 f"{r[n].n} / {st[n].n} / {d[n].n}",
-                fmt_ns(populate_ns[n]),
+                fmt_ns(fleet.populate_ns[n]),
             ]
         )
-    section.table = (header, rows)
+    return GROWTH_HEADER, rows
+
+
+def _store_notes(ns: list[int], st: dict[int, Summary]) -> list[str]:
+    """The store-time fit over N, and where it crosses 10 ms and 100 ms."""
+    notes: list[str] = []
     xs = [float(n) for n in ns]
     ys = [st[n].p50 for n in ns]
     a, b, r2 = measure.fit_line(xs, ys)
     top = ns[-2:] if len(ns) >= 2 else ns
     slope = measure.loglog_slope([float(n) for n in top], [st[n].p50 for n in top])
-    section.notes.append(
+    notes.append(
         f"Store p50 fit: {a / 1e6:.2f} ms + {b:,.0f} ns per stored credential (least "
         f"squares over all N, r² = {r2:.3f}); log-log slope between N={top[0]:,} and "
         f"N={top[-1]:,}: {slope:.2f} (1.0 = linear in N)."
@@ -201,21 +234,10 @@ def growth(ctx: Context) -> GrowthResult:
             )
         else:
             seen = f"measured: under at every N up to {ns[-1]:,}"
-        section.notes.append(
+        notes.append(
             f"Store exceeds {text} at N ≈ {_crossing(a, b, limit):,.0f} by the fit ({seen})."
         )
-    section.notes.append(
-        "Status answers include `cached`, a count over every cache entry: see the status "
-        "column for its cost with N."
-    )
-    curves = {
-        "agent retrieve (cached)": [r[n].p50 for n in ns],
-        "agent store (durable)": [st[n].p50 for n in ns],
-        "agent status": [sv[n].p50 for n in ns],
-        "EncryptedFileStorage.retrieve, no agent": [d[n].p50 for n in ns],
-        "design doc EncryptedFileStorage.retrieve": [g[n].p50 for n in ns],
-    }
-    return GrowthResult(section, ns, curves, memory)
+    return notes
 
 
 def unlock(ctx: Context) -> Section:
@@ -304,80 +326,4 @@ def unlock(ctx: Context) -> Section:
             checks=[Check("p99 ≤ 5 ms", status.n > 0 and status.p99 <= STATUS_TARGET_NS)],
         )
     )
-    return section
-
-
-def _stop_pid(pid: int, timeout: float = 10.0) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:
-            if not os.path.exists(f"/proc/{pid}"):
-                return
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-
-
-def start_and_memory(ctx: Context, memory: dict[int, tuple[int, int]]) -> Section:
-    from modelforge_credentials import EncryptedFileStorage
-    from modelforge_credentials.client.autostart import spawn_agent
-
-    s = ctx.settings
-    root = ctx.root / "start"
-    config = root / "config"
-    EncryptedFileStorage(config).store_many(make_credentials(10))
-    env = private_env(root, MODEL_FORGE_CONFIG_DIR=str(config))
-    sock = root / "run" / "model-forge" / "agent.sock"
-    measure.unpinned()
-    times: list[int] = []
-    rss: list[int] = []
-    with environ(env):
-        for index in range(s.start_runs + 1):
-            started = time.perf_counter_ns()
-            pid = spawn_agent(sock)
-            elapsed = time.perf_counter_ns() - started
-            if index:  # the first run warms the page cache
-                times.append(elapsed)
-                rss.append(measure.rss_kib(pid))
-            _stop_pid(pid)
-    section = Section(
-        "Agent start and memory",
-        intro=(
-            f"`client.autostart.spawn_agent` until it returns (the agent reports ready only "
-            f"once its socket listens), {s.start_runs} runs after one warm-up, 10 stored "
-            "credentials, encrypted file with key-file protection. Resident memory is VmRSS "
-            "from /proc/<pid>/status."
-        ),
-    )
-    section.rows.append(
-        Row(
-            "agent start to ready (auto-start)",
-            Summary.of(times),
-            how="fork + exec of `python -m modelforge_credentials.cli serve`, imports, "
-            "backend selection, file load, bind, readiness pipe",
-        )
-    )
-    rss_sorted = sorted(rss)
-    section.rows.append(
-        Row(
-            "agent RSS, idle (10 credentials)",
-            extra=f"{rss_sorted[len(rss_sorted) // 2] / 1024:.1f} MiB (median of {len(rss)})",
-            how="right after readiness",
-        )
-    )
-    for n, (before, after) in sorted(memory.items()):
-        if n < 10_000:
-            continue
-        section.rows.append(
-            Row(
-                f"agent RSS, {n:,} credentials",
-                extra=f"{before / 1024:.1f} MiB after start; {after / 1024:.1f} MiB after "
-                "retrieving each once",
-                how="the encrypted-file backend loads every credential at start",
-            )
-        )
     return section
