@@ -101,9 +101,15 @@ def test_a_turn_answers_at_most_its_budget_of_frames() -> None:
 def test_a_turn_stops_at_the_high_water_mark_counting_unsent_replies() -> None:
     conn = new(high_water=100)
     conn.receive_data(b"".join(encode_request(i, Op.HELLO) for i in range(5)))
-    # The transport already holds 100 unsent bytes: nothing is answered.
-    events, signal = run_turn(conn, unsent=100)
+    # The transport holds more than the mark unsent: nothing is answered.
+    events, signal = run_turn(conn, unsent=101)
     assert events == [] and signal is NEXT_TURN
+    # At exactly the mark the transport does not pause (it pauses above it),
+    # so the turn goes on: stopping there would reschedule it forever.
+    conn.start_turn(100)
+    first = conn.next_event()
+    assert isinstance(first, Request)
+    conn.answer(ok_reply(first.id))
     # Each big reply counts: the turn stops once they pass the mark.
     conn.start_turn(0)
     answered = 0

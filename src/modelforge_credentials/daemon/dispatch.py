@@ -158,10 +158,22 @@ def _cached_list(agent: Agent, req: Request) -> Reply | None:
 # -- backend work ------------------------------------------------------------------
 
 
-async def _guarded(agent: Agent, req: Request, work: Work, *, check_lock: bool = True) -> Reply:
-    """Run ``work`` and turn every failure into its reply: the one place
-    where storage errors meet the wire."""
-    epoch = agent.epoch
+def _guarded(
+    agent: Agent, req: Request, work: Work, *, check_lock: bool = True
+) -> Coroutine[Any, Any, Reply]:
+    """``work``, with every failure turned into its reply: the one place
+    where storage errors meet the wire.
+
+    The epoch is read now, when the request is handed out, not when its task
+    first runs: a lock acknowledged in between (another connection's, in the
+    same loop turn) came after this request, so it wins over it.
+    """
+    return _guarded_work(agent, req, work, agent.epoch, check_lock)
+
+
+async def _guarded_work(
+    agent: Agent, req: Request, work: Work, epoch: int, check_lock: bool
+) -> Reply:
     try:
         if check_lock:
             if agent.locked:

@@ -214,8 +214,10 @@ class Agent:
             found = self.teams.lookup((provider, key))
             if found is TEAM_MISS:
                 return MISS
-        if found is None and not (_plain_name(provider) and _plain_name(key)):
-            return MISS  # an absence is only final for a valid name
+        if found is None and (
+            is_reserved(provider) or not (_plain_name(provider) and _plain_name(key))
+        ):
+            return MISS  # an absence is only final for a valid, unreserved name
         if found is not MISS:
             self.timers.last_activity = now
         return found

@@ -168,9 +168,11 @@ class TeamOp(metaclass=_OpSet):
         (("version", UINT), ("path", STR)),
         team=True,
     )
+    # Writes: the token it obtains is kept in the local store.
     TEAM_LOGIN = Operation(
         "team_login",
         (("team", False), ("method", False), ("secret", False), ("login_name", True)),
+        writes=True,
         team=True,
     )
     # Names and times only, never a secret: allowed while locked, as status.

@@ -204,7 +204,10 @@ class ServerConnection:
             # A bad frame header: nothing complete stood before it.
             fatal, self._fatal = self._fatal, None
             return self._last_reply(fatal)
-        if self._budget <= 0 or self._unsent >= self.high_water:
+        # Over the mark, as the transport counts it (it pauses only above the
+        # mark): at exactly the mark a turn that stopped would be rescheduled
+        # every loop turn without the transport ever pausing.
+        if self._budget <= 0 or self._unsent > self.high_water:
             return NEXT_TURN
         try:
             message = self._decoder.next_message()
