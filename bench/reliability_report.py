@@ -37,6 +37,8 @@ TESTS = (
     "tests/test_pure_protection_change.py",
     "tests/test_proc_audit_integrity.py",
     "tests/test_pure_migrate.py",
+    "tests/test_inproc_conversation_attacks.py",
+    "tests/test_pure_conversation_attacks.py",
 )
 OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 COMMAND = "python3 bench/reliability_report.py"

@@ -165,7 +165,9 @@ def test_the_token_appears_nowhere_but_the_sealed_store(bao: DevServer, ws: Agen
     # The local store itself hides the reserved names from every client.
     assert "modelforge-team" not in ok(ws, "list")
     done = ws.cli("get", f"modelforge-team:{TEAM}", "token")
-    assert done.returncode == 1 and token not in done.stdout  # absent, as far as clients go
+    # Refused as invalid (exit 2), cached or not: no client may even ask.
+    assert done.returncode == 2 and token not in done.stdout + done.stderr
+    assert "reserved for team logins" in done.stderr
     outputs += [done.stdout, done.stderr]
     done = ws.cli("set", f"modelforge-team:{TEAM}", "token", input="overwritten")
     assert done.returncode == 2 and "reserved" in done.stderr

@@ -11,26 +11,18 @@ the socket passes :mod:`.peer`'s checks.
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import socket
 from typing import Any
 
 from ..errors import (
     AgentProtocolError,
+    CredentialStorageError,
     CredentialStorageUnavailableError,
-    error_for_code,
 )
 from ..paths import socket_path
-from ..protocol import (
-    AnyOp,
-    FrameDecoder,
-    ProtocolError,
-    RemoteError,
-    encode_request,
-    expect_fields,
-    parse_reply,
-)
+from ..protocol import AnyOp, ProtocolError
+from ..protocol.client_conn import ClientConnection, Outcome
 from . import operations
 from .operations import Operation
 from .peer import check_listener, check_socket_directory
@@ -45,11 +37,9 @@ class AsyncAgentClient:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: collections.deque[tuple[int, AnyOp, asyncio.Future[dict[str, object]]]] = (
-            collections.deque()
-        )
+        self._conn = ClientConnection()
+        self._waiting: dict[int, asyncio.Future[dict[str, object]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
-        self._next_id = 0
         self._failure: Exception | None = None
 
     def __repr__(self) -> str:
@@ -90,6 +80,7 @@ class AsyncAgentClient:
             if self._writer is None:
                 sock.close()
         self._failure = None
+        self._conn = ClientConnection()
         self._reader_task = asyncio.create_task(self._read_replies())
 
     async def close(self) -> None:
@@ -114,11 +105,10 @@ class AsyncAgentClient:
         assert self._writer is not None
         if self._failure is not None:
             raise self._failure
-        self._next_id += 1
-        request_id = self._next_id
+        request_id, frame = self._conn.send(op, **fields)
         future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self._pending.append((request_id, op, future))
-        self._writer.write(encode_request(request_id, op, **fields))
+        self._waiting[request_id] = future
+        self._writer.write(frame)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
@@ -133,7 +123,6 @@ class AsyncAgentClient:
 
     async def _read_replies(self) -> None:
         assert self._reader is not None
-        decoder = FrameDecoder()
         error: Exception
         try:
             while True:
@@ -144,16 +133,18 @@ class AsyncAgentClient:
                         "been stopped (see its log)"
                     )
                     break
-                decoder.feed(chunk)
-                while (message := decoder.next_message()) is not None:
-                    self._deliver(message)
+                for request_id, outcome in self._conn.receive_data(chunk):
+                    self._settle(request_id, outcome)
+                if self._conn.broken is not None:
+                    raise self._conn.broken
         except ProtocolError as err:
+            # A reply for nobody, out of turn, or unframable: every later reply
+            # would settle the wrong call, so the connection is given up.
             error = AgentProtocolError(
-                f"the agent sent a reply this client cannot read ({err.message}); restart "
-                "it with `modelforge-agent stop`"
+                f"the agent at {self.path} sent a reply this client cannot read "
+                f"({err.message}); the connection was closed: restart the agent "
+                "(`modelforge-agent stop`)"
             )
-        except AgentProtocolError as err:
-            error = err
         except OSError as err:
             error = CredentialStorageUnavailableError(
                 f"lost the connection to the agent at {self.path} ({type(err).__name__})"
@@ -164,47 +155,19 @@ class AsyncAgentClient:
         if self._writer is not None:
             self._writer.close()
 
-    def _deliver(self, message: dict[str, object]) -> None:
-        """Settle the call ``message`` answers.
-
-        Raises AgentProtocolError for a reply no call waits for: the two ends
-        then disagree on the stream and every later reply would settle the
-        wrong call, so the reader gives the connection up.
-        """
-        restart = "; the connection was closed: restart the agent (`modelforge-agent stop`)"
-        if not self._pending:
-            raise AgentProtocolError(
-                f"the agent at {self.path} sent a reply nobody asked for{restart}"
-            )
-        request_id, op, future = self._pending.popleft()
-        outcome: dict[str, object] | Exception
+    def _settle(self, request_id: int, outcome: Outcome) -> None:
+        future = self._waiting.pop(request_id, None)
+        if future is None or future.done():
+            return  # its caller gave up (timeout, cancel)
         try:
-            reply = parse_reply(message)
-            if reply.id != request_id:
-                # A nil id is the agent refusing the stream itself; its message says why.
-                why = f" ({reply.error_message})" if reply.error_message else ""
-                desync = AgentProtocolError(
-                    f"the agent at {self.path} answered request {reply.id} while request "
-                    f"{request_id} was next{why}{restart}"
-                )
-                if not future.done():
-                    future.set_exception(desync)
-                raise desync
-            outcome = expect_fields(reply, op)
-        except RemoteError as err:
-            outcome = error_for_code(err.code, err.message)
-        except ProtocolError as err:
-            outcome = AgentProtocolError(f"malformed reply ({err.message})")
-        if future.done():
-            return
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+            future.set_result(operations.result_of(outcome))
+        except CredentialStorageError as err:
+            future.set_exception(err)
 
     def _fail_pending(self, error: Exception) -> None:
-        while self._pending:
-            _, _, future = self._pending.popleft()
+        self._conn.fail_all()
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
             if not future.done():
                 future.set_exception(error)
 

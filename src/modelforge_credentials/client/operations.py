@@ -9,13 +9,15 @@ and nothing heavy to import (the thin client loads this on every ``get``).
 
 from __future__ import annotations
 
-from ..errors import AgentProtocolError
-from ..protocol import PROTOCOL_VERSION, AnyOp, Op
+from ..errors import AgentProtocolError, CredentialStorageError, error_for_code
+from ..protocol import PROTOCOL_VERSION, AnyOp, Op, RemoteError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from ..protocol.client_conn import Outcome
 
     Result = dict[str, object]
 
@@ -33,6 +35,25 @@ class Operation:
     def __repr__(self) -> str:
         # Field names only: a store's value and an unlock's passphrase never show.
         return f"Operation({self.op.value}, {sorted(self.fields)})"
+
+
+def result_of(outcome: Outcome) -> Result:
+    """The checked result fields of a reply, else the error for its caller:
+    the agent's failure as its CredentialStorageError, a reply that does not
+    fit its request as AgentProtocolError. The one translation, for both
+    adapters."""
+    if isinstance(outcome, dict):
+        return outcome
+    raise failure_of(outcome)
+
+
+def failure_of(outcome: Exception) -> CredentialStorageError:
+    if isinstance(outcome, RemoteError):
+        return error_for_code(outcome.code, outcome.message)
+    return AgentProtocolError(
+        f"the agent sent a reply this client cannot read ({outcome}); restart it "
+        "with `modelforge-agent stop` so the installed version starts"
+    )
 
 
 def _checked_hello(result: Result) -> Result:

@@ -11,18 +11,10 @@ from ..errors import (
     AgentProtocolError,
     CredentialStorageError,
     CredentialStorageUnavailableError,
-    error_for_code,
 )
 from ..paths import socket_path
-from ..protocol import (
-    AnyOp,
-    FrameDecoder,
-    ProtocolError,
-    RemoteError,
-    encode_request,
-    expect_fields,
-    parse_reply,
-)
+from ..protocol import AnyOp, ProtocolError
+from ..protocol.client_conn import ClientConnection
 from . import operations
 from .peer import check_listener, check_socket_directory
 
@@ -33,6 +25,7 @@ if TYPE_CHECKING:
     from os import PathLike
     from typing import Any
 
+    from ..protocol.client_conn import Outcome
     from .operations import Operation
 
 DEFAULT_TIMEOUT = 10.0
@@ -69,8 +62,7 @@ class AgentClient:
         self.path = os.fspath(path) if path is not None else socket_path()
         self.timeout = timeout
         self._sock: _socket.socket | None = None
-        self._decoder = FrameDecoder()
-        self._next_id = 0
+        self._conn = ClientConnection()
 
     def __repr__(self) -> str:
         return f"AgentClient({self.path!r})"
@@ -120,7 +112,7 @@ class AgentClient:
             sock.close()
             raise
         self._sock = sock
-        self._decoder = FrameDecoder()
+        self._conn = ClientConnection()
 
     def close(self) -> None:
         if self._sock is not None:
@@ -138,20 +130,10 @@ class AgentClient:
         """Send one request and return its checked result fields."""
         self.connect()
         assert self._sock is not None
-        self._next_id += 1
-        request_id = self._next_id
         try:
-            self._sock.sendall(encode_request(request_id, op, **fields))
-            message = self._read_message()
-            reply = parse_reply(message)
-            if reply.id != request_id:
-                raise AgentProtocolError(
-                    f"the agent answered request {reply.id} instead of {request_id}; "
-                    "restart the agent (`modelforge-agent stop`)"
-                )
-            return expect_fields(reply, op)
-        except RemoteError as err:
-            raise error_for_code(err.code, err.message) from None
+            _, frame = self._conn.send(op, **fields)
+            self._sock.sendall(frame)
+            outcome = self._reply()
         except ProtocolError as err:
             self.close()
             raise AgentProtocolError(
@@ -174,20 +156,26 @@ class AgentClient:
                 f"lost the connection to the agent at {self.path} "
                 f"({err.strerror or type(err).__name__}); retry, or check the agent's log"
             ) from None
+        return operations.result_of(outcome)
 
-    def _read_message(self) -> dict[str, object]:
+    def _reply(self) -> Outcome:
+        """The outcome of the one request waiting (one at a time: no pipelining)."""
         assert self._sock is not None
         while True:
-            message = self._decoder.next_message()
-            if message is not None:
-                return message
             chunk = self._sock.recv(_RECV_SIZE)
             if not chunk:
                 raise CredentialStorageUnavailableError(
                     f"the agent at {self.path} closed the connection; it may have been "
                     "stopped or refused this user (see its log)"
                 )
-            self._decoder.feed(chunk)
+            settled = self._conn.receive_data(chunk)
+            broken = self._conn.broken
+            if settled:
+                if broken is not None:
+                    self.close()  # its own reply came, but the stream is off: reconnect next time
+                return settled[0][1]
+            if broken is not None:
+                raise broken
 
     # -- operations (their requests and results: .operations) -------------------
 
