@@ -160,9 +160,7 @@ class Cli:
                 "--allow-empty to store an empty value on purpose"
             )
         if self.args.team:
-            from .cli_team import set_in_team
-
-            return set_in_team(self, value)
+            return self._set_in_team(value)
         with self.client() as client:
             self._with_unlock(
                 client, lambda: client.store(self.args.provider, self.args.key, value)
@@ -171,9 +169,7 @@ class Cli:
 
     def cmd_get(self) -> int:
         if getattr(self.args, "source", False):  # quick_args never sets it
-            from .cli_team import print_source
-
-            return print_source(self)
+            return self._print_source()
         with self.client() as client:
             value = self._with_unlock(
                 client, lambda: client.retrieve(self.args.provider, self.args.key)
@@ -187,6 +183,38 @@ class Cli:
                 f"{shlex.quote(self.args.key)}`"
             )
         self.stdout.write(value + "\n")
+        return EXIT_OK
+
+    def _set_in_team(self, value: str) -> int:
+        """``set --team NAME``: a check-and-set write of the version the agent last saw."""
+        a = self.args
+        with self.client() as client:
+            result = self._with_unlock(
+                client, lambda: client.team_store(a.team, a.provider, a.key, value)
+            )
+        self.stderr.write(f"wrote {result['path']} version {result['version']} (team {a.team})\n")
+        if result.get("shadowed"):
+            import shlex
+
+            self.stderr.write(
+                f"warning: a local value of the same name wins over the team's; delete it "
+                f"with `modelforge-agent delete {shlex.quote(a.provider)} {shlex.quote(a.key)}` "
+                "to use the team's\n"
+            )
+        return EXIT_OK
+
+    def _print_source(self) -> int:
+        """``get --source``: where the value comes from, never the value."""
+        a = self.args
+        with self.client() as client:
+            found = self._with_unlock(client, lambda: client.locate(a.provider, a.key))
+        source = found.get("source")
+        if source is None:
+            raise CredentialNotFoundError(
+                f"no credential {a.key!r} for provider {a.provider!r}, neither local nor in a team"
+            )
+        where = f" {found['path']} version {found['version']}" if found.get("path") else ""
+        self.stdout.write(f"{source}{where}\n")
         return EXIT_OK
 
     def cmd_delete(self) -> int:
@@ -206,10 +234,8 @@ class Cli:
     def cmd_list(self) -> int:
         import json
 
-        from .cli_team import list_with_sources
-
         with self.client() as client:
-            items = self._with_unlock(client, lambda: list_with_sources(client, self.args.provider))
+            items = self._with_unlock(client, lambda: client.list_sourced(self.args.provider))
         if self.args.json:
             json.dump([list(i) for i in items], self.stdout)
             self.stdout.write("\n")

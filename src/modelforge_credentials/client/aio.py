@@ -206,3 +206,17 @@ class AsyncAgentClient:
 
     async def unlock(self, passphrase: str) -> None:
         await self.run(operations.unlock(passphrase))
+
+    async def list_sourced(self, provider: str | None = None) -> list[tuple[str, ...]]:
+        rows: list[tuple[str, ...]] = await self.run(operations.list_sourced(provider))
+        return rows
+
+    async def locate(self, provider: str, key: str) -> dict[str, object]:
+        found: dict[str, object] = await self.run(operations.locate(provider, key))
+        return found
+
+    async def team_store(self, team: str, provider: str, key: str, value: str) -> dict[str, object]:
+        written: dict[str, object] = await self.run(
+            operations.team_store(team, provider, key, value)
+        )
+        return written

@@ -10,7 +10,7 @@ and nothing heavy to import (the thin client loads this on every ``get``).
 from __future__ import annotations
 
 from ..errors import AgentProtocolError, CredentialStorageError, error_for_code
-from ..protocol import PROTOCOL_VERSION, AnyOp, Op, RemoteError
+from ..protocol import PROTOCOL_VERSION, AnyOp, Op, RemoteError, TeamOp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -85,6 +85,15 @@ def _same(result: Result) -> Result:
     return result
 
 
+def _sourced_names(result: Result) -> list[tuple[str, ...]]:
+    """(provider, key) rows, each with its source once a team is configured."""
+    items = _names(result)
+    sources = result.get("sources")
+    if not isinstance(sources, list) or len(sources) != len(items):
+        return list(items)
+    return [(*item, str(source)) for item, source in zip(items, sources, strict=True)]
+
+
 def hello() -> Operation:
     return Operation(Op.HELLO, _checked_hello)
 
@@ -121,3 +130,20 @@ def lock() -> Operation:
 
 def unlock(passphrase: str) -> Operation:
     return Operation(Op.UNLOCK, _nothing, passphrase=passphrase)
+
+
+def list_sourced(provider: str | None = None) -> Operation:
+    """``list``, keeping where each name comes from (local or a team)."""
+    if provider is None:
+        return Operation(Op.LIST, _sourced_names)
+    return Operation(Op.LIST, _sourced_names, provider=provider)
+
+
+def locate(provider: str, key: str) -> Operation:
+    """Where a value would come from: ``source`` (nil when absent), ``path``, ``version``."""
+    return Operation(TeamOp.LOCATE, _same, provider=provider, key=key)
+
+
+def team_store(team: str, provider: str, key: str, value: str) -> Operation:
+    """A check-and-set write to ``team``'s server: ``path``, ``version``, ``shadowed``."""
+    return Operation(TeamOp.TEAM_STORE, _same, team=team, provider=provider, key=key, value=value)

@@ -212,3 +212,15 @@ class AgentClient:
 
     def unlock(self, passphrase: str) -> None:
         self.run(operations.unlock(passphrase))
+
+    def list_sourced(self, provider: str | None = None) -> list[tuple[str, ...]]:
+        rows: list[tuple[str, ...]] = self.run(operations.list_sourced(provider))
+        return rows
+
+    def locate(self, provider: str, key: str) -> dict[str, object]:
+        found: dict[str, object] = self.run(operations.locate(provider, key))
+        return found
+
+    def team_store(self, team: str, provider: str, key: str, value: str) -> dict[str, object]:
+        written: dict[str, object] = self.run(operations.team_store(team, provider, key, value))
+        return written

@@ -34,8 +34,8 @@ from ..protocol import (
     error_reply,
     ok_reply,
 )
-from ..team import agent_ops as team_ops
 from ..validation import validate_name, validate_pair, validate_value
+from . import team_ops
 from .cache import MISS
 from .state import LOCKED_ADVICE, Agent, unlock_and_read
 

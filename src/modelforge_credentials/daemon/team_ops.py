@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CredentialStorageUnavailableError, CredentialValidationError
 from ..protocol import Request, ok_reply
+from ..team import is_reserved
+from ..team.config import METHODS
 from ..validation import validate_name, validate_pair, validate_value
-from . import is_reserved
-from .config import METHODS
+from .cache import MISS
 
 if TYPE_CHECKING:
-    from ..daemon.state import Agent
-    from .hub import TeamHub
+    from ..team.hub import TeamHub
+    from .state import Agent
 
 Reply = dict[str, object]
 Pair = tuple[str, str]
@@ -105,8 +106,6 @@ async def locate(agent: Agent, req: Request) -> Reply:
 
 
 async def _local_value(agent: Agent, pair: Pair) -> str | None:
-    from ..daemon.cache import MISS
-
     if agent.cache.complete:
         found = agent.cache.lookup(pair, agent.clock())
         if found is not MISS:
