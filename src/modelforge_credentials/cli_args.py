@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from . import settings
 from .paths import SOCKET_VARIABLE
 
 TYPE_CHECKING = False
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--socket", help=f"agent socket (default: ${SOCKET_VARIABLE} or the runtime dir)"
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=settings.DEFAULT_CLIENT_TIMEOUT,
+        help="seconds to wait for the agent",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -59,7 +65,8 @@ def _add_serve(add: AddCommand) -> None:
         "--idle-timeout",
         type=float,
         default=None,
-        help="lock after this many idle seconds (0: never; default 900)",
+        help="lock after this many idle seconds "
+        f"(0: never; default {settings.DEFAULT_IDLE_TIMEOUT:g})",
     )
     serve.add_argument(
         "--max-unlock", type=float, default=None, help="lock this many seconds after an unlock"
@@ -354,7 +361,8 @@ def quick_args(argv: Sequence[str]) -> argparse.Namespace | None:
     ):
         return None
     try:
-        timeout = float(options.get("--timeout", "10"))
+        raw = options.get("--timeout")
+        timeout = settings.DEFAULT_CLIENT_TIMEOUT if raw is None else float(raw)
     except ValueError:
         return None
     namespace: argparse.Namespace = SimpleNamespace(  # type: ignore[assignment]

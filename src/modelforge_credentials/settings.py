@@ -132,13 +132,20 @@ DOCUMENTED[AGENT_SETTINGS] = (
 )
 NAMES = NAMES | {AGENT_SETTINGS}
 
+#: How long a client waits for the agent (connecting, and each reply).
+DEFAULT_CLIENT_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 900.0
+DEFAULT_UNLOCK_DELAY_CAP = 10.0
+DEFAULT_READ_DEADLINE = 10.0
+DEFAULT_MAX_CONNECTIONS = 256
+
 #: name -> default. ``None`` means "no limit"; for idle_timeout 0 means the same.
 SERVE_DEFAULTS: dict[str, float | int | None] = {
-    "idle_timeout": 900.0,
+    "idle_timeout": DEFAULT_IDLE_TIMEOUT,
     "max_unlock": None,
-    "unlock_delay_cap": 10.0,
-    "read_deadline": 10.0,
-    "max_connections": 256,
+    "unlock_delay_cap": DEFAULT_UNLOCK_DELAY_CAP,
+    "read_deadline": DEFAULT_READ_DEADLINE,
+    "max_connections": DEFAULT_MAX_CONNECTIONS,
     "exit_when_idle": None,
 }
 

@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Any
 
-from ..client.sync import AgentClient, AgentNotRunningError
+from ..client.sync import DEFAULT_TIMEOUT, AgentClient, AgentNotRunningError
 from ..errors import CredentialStorageUnavailableError
 from ..paths import socket_path
 from ..validation import validate_name, validate_pair, validate_value
@@ -29,7 +29,7 @@ class AgentStorage:
         path: str | os.PathLike[str] | None = None,
         *,
         autostart: bool = True,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.path = os.fspath(path) if path is not None else socket_path()
         self.autostart = autostart

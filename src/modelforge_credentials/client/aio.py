@@ -26,12 +26,12 @@ from ..protocol.client_conn import ClientConnection, Outcome
 from . import operations
 from .operations import Operation
 from .peer import check_listener, check_socket_directory
-from .sync import AgentNotRunningError, not_running_message
+from .sync import DEFAULT_TIMEOUT, AgentNotRunningError, not_running_message
 
 
 class AsyncAgentClient:
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+        self, path: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         self.path = os.fspath(path) if path is not None else socket_path()
         self.timeout = timeout
@@ -109,12 +109,12 @@ class AsyncAgentClient:
         future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         self._writer.write(frame)
+        waited = operations.reply_timeout(op, self.timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(future), waited)
         except TimeoutError:
             error = CredentialStorageUnavailableError(
-                f"the agent at {self.path} did not answer within {self.timeout:g} s; "
-                "check `modelforge-agent status` or restart it"
+                operations.timeout_message(self.path, op, waited)
             )
             # Later replies would be matched to the wrong calls: drop the line.
             self._fail_pending(error)

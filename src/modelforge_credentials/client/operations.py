@@ -9,6 +9,7 @@ and nothing heavy to import (the thin client loads this on every ``get``).
 
 from __future__ import annotations
 
+from .. import settings
 from ..errors import AgentProtocolError, CredentialStorageError, error_for_code
 from ..protocol import PROTOCOL_VERSION, AnyOp, Op, RemoteError, TeamOp
 
@@ -35,6 +36,30 @@ class Operation:
     def __repr__(self) -> str:
         # Field names only: a store's value and an unlock's passphrase never show.
         return f"Operation({self.op.value}, {sorted(self.fields)})"
+
+
+#: How much longer an unlock's answer may take than any other: after failed
+#: attempts the agent waits before each answer, up to its unlock delay cap.
+UNLOCK_WAIT = settings.DEFAULT_UNLOCK_DELAY_CAP
+
+
+def reply_timeout(op: AnyOp, timeout: float) -> float:
+    """How long a client waits for the reply to ``op``."""
+    return timeout + UNLOCK_WAIT if op is Op.UNLOCK else timeout
+
+
+def timeout_message(path: str, op: AnyOp, waited: float) -> str:
+    """What a client says when the reply to ``op`` did not come in time."""
+    if op is Op.UNLOCK:
+        return (
+            f"the agent at {path} did not answer the unlock within {waited:g} s; after "
+            "failed attempts it waits longer before each answer (serve "
+            "--unlock-delay-cap): wait, then retry with a larger --timeout"
+        )
+    return (
+        f"the agent at {path} did not answer within {waited:g} s; "
+        "check `modelforge-agent status` or restart it"
+    )
 
 
 def result_of(outcome: Outcome) -> Result:

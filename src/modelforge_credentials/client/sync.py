@@ -7,6 +7,7 @@ from __future__ import annotations
 import _socket
 import os
 
+from .. import settings
 from ..errors import (
     AgentProtocolError,
     CredentialStorageError,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ..protocol.client_conn import Outcome
     from .operations import Operation
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = settings.DEFAULT_CLIENT_TIMEOUT
 _RECV_SIZE = 65_536
 
 
@@ -130,10 +131,11 @@ class AgentClient:
         """Send one request and return its checked result fields."""
         self.connect()
         assert self._sock is not None
+        waited = operations.reply_timeout(op, self.timeout)
         try:
             _, frame = self._conn.send(op, **fields)
             self._sock.sendall(frame)
-            outcome = self._reply()
+            outcome = self._reply(waited)
         except ProtocolError as err:
             self.close()
             raise AgentProtocolError(
@@ -144,8 +146,7 @@ class AgentClient:
         except TimeoutError:
             self.close()
             raise CredentialStorageUnavailableError(
-                f"the agent at {self.path} did not answer within {self.timeout:g} s; "
-                "check `modelforge-agent status` or restart it"
+                operations.timeout_message(self.path, op, waited)
             ) from None
         except CredentialStorageError:
             self.close()
@@ -158,8 +159,19 @@ class AgentClient:
             ) from None
         return operations.result_of(outcome)
 
-    def _reply(self) -> Outcome:
-        """The outcome of the one request waiting (one at a time: no pipelining)."""
+    def _reply(self, waited: float) -> Outcome:
+        """The outcome of the one request waiting (one at a time: no pipelining),
+        within ``waited`` seconds of each read."""
+        assert self._sock is not None
+        if waited != self.timeout:
+            self._sock.settimeout(waited)
+        try:
+            return self._read_outcome()
+        finally:
+            if waited != self.timeout and self._sock is not None:
+                self._sock.settimeout(self.timeout)
+
+    def _read_outcome(self) -> Outcome:
         assert self._sock is not None
         while True:
             chunk = self._sock.recv(_RECV_SIZE)

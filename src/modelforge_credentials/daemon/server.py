@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from .. import settings
 from ..protocol import Request
 from ..protocol.server_conn import (
     CLOSE,
@@ -255,8 +256,8 @@ class AgentServer:
         self,
         agent: Agent,
         *,
-        max_connections: int = 256,
-        read_deadline: float = 10.0,
+        max_connections: int = settings.DEFAULT_MAX_CONNECTIONS,
+        read_deadline: float = settings.DEFAULT_READ_DEADLINE,
         allowed_uids: frozenset[int] | None = None,
         audit: AuditLog | None = None,
     ) -> None:

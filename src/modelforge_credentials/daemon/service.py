@@ -28,16 +28,16 @@ log = logging.getLogger("modelforge_credentials.agent")
 @dataclass
 class ServeOptions:
     socket: Path | None = None
-    idle_timeout: float | None = 15 * 60.0
+    idle_timeout: float | None = settings.DEFAULT_IDLE_TIMEOUT
     max_unlock: float | None = None
     cache_ttl: float | None = None
     exit_when_idle: float | None = None  # socket-activated: exit after this long unused
     started_by: str | None = None
     ready_fd: int | None = None
     config_dir: Path | None = None
-    unlock_delay_cap: float = 10.0
-    read_deadline: float = 10.0
-    max_connections: int = 256
+    unlock_delay_cap: float = settings.DEFAULT_UNLOCK_DELAY_CAP
+    read_deadline: float = settings.DEFAULT_READ_DEADLINE
+    max_connections: int = settings.DEFAULT_MAX_CONNECTIONS
     audit_log: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     #: The serve settings given on the command line (None: not given); with

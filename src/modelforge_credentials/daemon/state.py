@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .. import __version__
+from .. import __version__, settings
 from ..backends.encrypted_file import EncryptedFileStorage
 from ..backends.env import EnvVarStorage
 from ..errors import CredentialStorageError
@@ -44,18 +44,17 @@ Pair = tuple[str, str]
 Credentials = dict[str, dict[str, str]]
 T = TypeVar("T")
 
-DEFAULT_IDLE_TIMEOUT = 15 * 60.0
 DEFAULT_KEYRING_TTL = 10.0
 LOCKED_ADVICE = "the agent is locked: run `modelforge-agent unlock`"
 
 
 @dataclass
 class AgentConfig:
-    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None or 0: never
+    idle_timeout: float | None = settings.DEFAULT_IDLE_TIMEOUT  # None or 0: never
     max_unlock: float | None = None  # absolute limit after an unlock
     cache_ttl: float | None = None  # None: per backend (keyring 10 s, file: on change)
     unlock_delay_base: float = 0.5
-    unlock_delay_cap: float = 10.0
+    unlock_delay_cap: float = settings.DEFAULT_UNLOCK_DELAY_CAP
     backend_timeout: float | None = 30.0  # per backend call; unlock's KDF included
     file_check_interval: float = 0.1  # how stale another process's file change may be
     started_by: str = "manual"
