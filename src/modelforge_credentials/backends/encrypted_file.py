@@ -232,16 +232,19 @@ class EncryptedFileStorage:
         make_private_dir(self.config_dir)
         self._check_directory()
         with exclusive_lock(self.lock_path):
-            read = self._read_parsed()
-            credentials: Credentials = {}
-            if read is not None:
-                credentials = read[0].decrypt(self._keys.data_key(read[0].envelope))
+            state = self._current(merging=True)
+            credentials: Credentials = dict(state.credentials) if state is not None else {}
+            if new_secret is None and (state is None or state.envelope.protection != KEYFILE):
+                # A key file beside a passphrase store protects nothing (a crash
+                # left it): the new one must be a new key, not the retired one.
+                self._keys.retire_keyfile()
             data_key = os.urandom(fileformat.KEY_SIZE)
             self._keys.forget_keks()
             envelope = self._keys.new_envelope(data_key, new_secret)
             self._write(envelope, data_key, credentials, keep_backup=False)
+            # The file is under the new protection from here on, whatever follows.
+            self._keys.passphrase = new_secret
             self._keys.drop_old_protection(envelope, self.backup_path)
-        self._keys.passphrase = new_secret
 
     def inspect_backup(self, passphrase: str | None = None) -> BackupInfo:
         """Open the backup generation: its names, age and protection.
@@ -367,6 +370,11 @@ class _State(NamedTuple):
     envelope: Envelope
     data_key: bytes
     credentials: Credentials
+
+    def __repr__(self) -> str:
+        # Never the data key or a value: the stamp, the protection, the count.
+        count = sum(len(keys) for keys in self.credentials.values())
+        return f"_State(stamp={self.stamp}, {self.envelope.protection}, {count} credentials)"
 
 
 def _stamp(info: os.stat_result) -> tuple[int, int, int]:

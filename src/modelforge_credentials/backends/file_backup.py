@@ -57,11 +57,11 @@ class BackupGeneration:
         with open_regular(self.path) as handle:
             blob = handle.read()
         kept: Path | None = self.store_path.with_name(self.store_path.name + DAMAGED_SUFFIX)
-        try:
-            os.replace(self.store_path, kept)  # type: ignore[arg-type]
-        except FileNotFoundError:
+        if not self.store_path.exists():
             kept = None
-        write_atomic(self.store_path, blob)
+        # The current file is linked to `kept` and replaced in one atomic
+        # write: a write that fails (a full disk) leaves it where it was.
+        write_atomic(self.store_path, blob, backup=kept)
         return kept
 
     def open(self, passphrase: str | None) -> tuple[Credentials, str, float]:

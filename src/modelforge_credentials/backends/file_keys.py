@@ -21,7 +21,7 @@ from ..errors import (
     CredentialStorageUnavailableError,
     CredentialValidationError,
 )
-from ..files import fsync_dir, temp_path_for, write_new_private
+from ..files import fsync_dir, open_regular, temp_path_for, write_new_private
 from . import fileformat
 from .fileformat import KEYFILE, PASSPHRASE, Envelope, KdfParams
 
@@ -105,8 +105,9 @@ class FileKeys:
                 pass
             except OSError as err:
                 raise CredentialStorageUnavailableError(
-                    f"cannot remove {path}, which the old protection still opens: "
-                    f"{err.strerror}; remove it by hand"
+                    f"the new protection is in place, but {path}, which the old "
+                    f"protection still opens, cannot be removed: {err.strerror}; remove it "
+                    "by hand"
                 ) from err
         if removed:
             fsync_dir(self.key_path.parent)
@@ -153,7 +154,8 @@ class FileKeys:
     def read_keyfile(self) -> bytes:
         """The key file's 32 bytes; a missing or short one says to restore it."""
         try:
-            key = self.key_path.read_bytes()
+            with open_regular(self.key_path) as handle:
+                key = handle.read(fileformat.KEY_SIZE + 1)
         except FileNotFoundError:
             raise CredentialBadPassphraseError(
                 f"the key file {self.key_path} is missing; restore it from a backup "
@@ -181,6 +183,20 @@ class FileKeys:
             envelope = Envelope.seal(KEYFILE, KdfParams(name=KEYFILE), salt, kek, data_key)
         self._remember(envelope, kek)
         return envelope
+
+    def retire_keyfile(self) -> None:
+        """Remove a key file that protects nothing (beside a passphrase store or
+        no store: a crash left it), so that the next key file is a new key."""
+        try:
+            self.key_path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise CredentialStorageUnavailableError(
+                f"cannot remove the old key file {self.key_path}: {err.strerror}; "
+                "remove it by hand, then retry"
+            ) from err
+        fsync_dir(self.key_path.parent)
 
     def _ensure_keyfile(self) -> bytes:
         """The key file's key, creating the file if needed (called under the lock).
