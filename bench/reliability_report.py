@@ -39,6 +39,9 @@ TESTS = (
     "tests/test_pure_migrate.py",
     "tests/test_inproc_conversation_attacks.py",
     "tests/test_pure_conversation_attacks.py",
+    "tests/test_pure_file_keys_review.py",
+    "tests/test_proc_cli_review.py",
+    "tests/test_proc_prompt_review.py",
 )
 OUTPUT = ROOT / "docs" / "RELIABILITY.md"
 COMMAND = "python3 bench/reliability_report.py"
