@@ -475,6 +475,7 @@ def agent_crash_rounds(agents: AgentWorkspace, rng: random.Random, figures: Figu
     return tally
 
 
+@pytest.mark.slow  # 200 writer and 20 agent kill rounds (test_proc_durability keeps a short one)
 def test_sigkill_never_loses_an_acknowledged_store(
     tmp_path: Path, agents: AgentWorkspace, figures: Figures
 ) -> None:
@@ -1654,6 +1655,7 @@ def test_no_secret_reaches_a_log_or_an_error_message(
 STALE_ROUNDS = env_int("MODEL_FORGE_STALE_ROUNDS", 50)
 
 
+@pytest.mark.slow  # rounds of agents killed and restarted
 def test_kill_9_leaves_a_stale_socket_the_next_agent_replaces(
     agents: AgentWorkspace, figures: Figures
 ) -> None:
