@@ -79,7 +79,7 @@ class AgentConnection(asyncio.Protocol):
         self.server.register(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.connection_lost()
+        self.conn.abort()
         self._sync_deadline()
         self.server.unregister(self)
 

@@ -33,14 +33,13 @@ from .cache import MISS, Cache
 from .locking import LockTimers, UnlockBackoff
 from .worker import BackendWorker
 
-__all__ = ["MISS", "Agent", "AgentConfig", "Cache"]
+__all__ = ["Agent", "AgentConfig"]
 
 log = logging.getLogger("modelforge_credentials.agent")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Reply = dict[str, object]
-Pair = tuple[str, str]
 Credentials = dict[str, dict[str, str]]
 T = TypeVar("T")
 

@@ -144,12 +144,9 @@ class ServerConnection:
         self.peer_reading = True
         self.last_seen = self._now()
 
-    def connection_lost(self) -> None:
-        self.state = CLOSED
-        self._frame_began = None
-
     def abort(self) -> None:
-        """Close now (eviction, deadline): nothing more is answered."""
+        """The connection is over (lost, closed, evicted, cut off at its
+        deadline): nothing more is answered."""
         self.state = CLOSED
         self._frame_began = None
 
